@@ -1,0 +1,202 @@
+"""Hugging Face checkpoints in and out: a config.json + safetensors directory (single or index-sharded), or a GGUF file.
+
+HF stores each projection as a torch Linear weight [out, in]; the decoder stores it as [in..., out...] (e.g. q is
+[embed, heads, head_dim], o is [heads, head_dim, embed]) with layers stacked on a leading axis. One table says, per
+parameter, the HF key and how many leading dims of our layout are the Linear's input; both directions use it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.flax import save_file
+
+from paw_jax.models.config import ModelConfig
+from paw_jax.models.transformer import Decoder, layer_param_specs
+
+# Our per-layer name -> (HF key below `model.layers.{i}.`, number of input dims for a Linear weight; None: no transpose).
+_LAYER_KEYS: dict[str, tuple[str, int | None]] = {
+    "attn_norm": ("input_layernorm.weight", None),
+    "q": ("self_attn.q_proj.weight", 1),
+    "k": ("self_attn.k_proj.weight", 1),
+    "v": ("self_attn.v_proj.weight", 1),
+    "o": ("self_attn.o_proj.weight", 2),
+    "q_bias": ("self_attn.q_proj.bias", None),
+    "k_bias": ("self_attn.k_proj.bias", None),
+    "v_bias": ("self_attn.v_proj.bias", None),
+    "o_bias": ("self_attn.o_proj.bias", None),
+    "q_norm": ("self_attn.q_norm.weight", None),
+    "k_norm": ("self_attn.k_norm.weight", None),
+    "mlp_norm": ("post_attention_layernorm.weight", None),
+    "gate": ("mlp.gate_proj.weight", 1),
+    "up": ("mlp.up_proj.weight", 1),
+    "down": ("mlp.down_proj.weight", 1),
+}
+_TOP_KEYS: dict[str, tuple[str, int | None]] = {
+    "embed": ("model.embed_tokens.weight", None),
+    "final_norm": ("model.norm.weight", None),
+    "lm_head": ("lm_head.weight", 1),
+}
+
+
+def _to_ours(hf_array: np.ndarray, shape: tuple[int, ...], in_dims: int | None) -> np.ndarray:
+  return (hf_array if in_dims is None else hf_array.T).reshape(shape)
+
+
+def _to_hf(array: np.ndarray, key: str, in_dims: int | None) -> np.ndarray:
+  if in_dims is None:  # same layout; our [heads, head_dim] biases are flat vectors in HF
+    return array.reshape(-1) if key.endswith(".bias") else array
+  fan_in = math.prod(array.shape[:in_dims])
+  return array.reshape(fan_in, -1).T
+
+
+def _param_table(cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], str, tuple[int, ...], int | None]]:
+  """(our path, HF key, our shape, input dims) for every tensor; layer params once per layer index."""
+  d, v = cfg.hidden_size, cfg.vocab_size
+  top_shapes = {"embed": (v, d), "final_norm": (d,), "lm_head": (d, v)}
+  for name, (key, in_dims) in _TOP_KEYS.items():
+    if name == "lm_head" and cfg.tie_word_embeddings:
+      continue
+    yield (name,), key, top_shapes[name], in_dims
+  for name, (shape, _) in layer_param_specs(cfg).items():
+    key, in_dims = _LAYER_KEYS[name]
+    for layer in range(cfg.num_layers):
+      yield ("layers", name, str(layer)), f"model.layers.{layer}.{key}", shape, in_dims
+
+
+def hf_to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray] | Any) -> dict[str, Any]:
+  """HF-named tensors -> our nested param dict (numpy, param dtype), layer params stacked."""
+  dtype = np.dtype(cfg.param_jnp_dtype)
+  params: dict[str, Any] = {"layers": {}}
+  per_layer: dict[str, list[np.ndarray]] = {}
+  for path, key, shape, in_dims in _param_table(cfg):
+    if key not in tensors:
+      raise KeyError(f"checkpoint has no tensor '{key}' (needed for {cfg.model_type} with this config)")
+    hf_array = np.asarray(tensors[key])
+    expected = math.prod(shape)
+    if hf_array.size != expected:
+      raise ValueError(f"tensor '{key}' has shape {hf_array.shape}; expected {expected} elements for {shape}")
+    array = _to_ours(hf_array, shape, in_dims).astype(dtype)
+    if path[0] == "layers":
+      per_layer.setdefault(path[1], []).append(array)
+    else:
+      params[path[0]] = array
+  params["layers"] = {name: np.stack(arrays) for name, arrays in per_layer.items()}
+  return params
+
+
+def params_to_hf(cfg: ModelConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Our nested param dict -> HF-named tensors (inverse of `hf_to_params`)."""
+  tensors = {}
+  for path, key, _, in_dims in _param_table(cfg):
+    array = np.asarray(params[path[0]]) if len(path) == 1 else np.asarray(params["layers"][path[1]][int(path[2])])
+    tensors[key] = np.ascontiguousarray(_to_hf(array, key, in_dims))
+  return tensors
+
+
+def abstract_model(cfg: ModelConfig) -> Decoder:
+  """The Decoder's structure with shape/dtype placeholders instead of arrays (nothing is allocated)."""
+  return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+
+
+def model_from_params(cfg: ModelConfig, params: dict[str, Any], shardings: Any = None) -> Decoder:
+  """A Decoder holding `params` (placed with `shardings`, a matching tree, when given) without a random init."""
+  graphdef, state = nnx.split(abstract_model(cfg))
+  if shardings is None:
+    arrays = jax.tree.map(jnp.asarray, params)
+  else:
+    arrays = jax.tree.map(jax.device_put, params, shardings)
+  nnx.replace_by_pure_dict(state, arrays)
+  return nnx.merge(graphdef, state)
+
+
+def model_params(model: Decoder) -> dict[str, Any]:
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+# --- files -------------------------------------------------------------------------------------------------------
+def read_config(path: str | pathlib.Path) -> dict[str, Any]:
+  config_file = pathlib.Path(path) / "config.json"
+  if not config_file.is_file():
+    raise FileNotFoundError(f"no config.json in '{path}' (expected a HF checkpoint directory or a .gguf file)")
+  return json.loads(config_file.read_text())
+
+
+class _SafetensorsDir:
+  """Lazy HF-name -> array view over a directory's safetensors files (single file or index-sharded)."""
+
+  def __init__(self, path: pathlib.Path):
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+      weight_map = json.loads(index_file.read_text())["weight_map"]
+      self._file_of = {key: path / name for key, name in weight_map.items()}
+    else:
+      files = sorted(path.glob("*.safetensors"))
+      if not files:
+        raise FileNotFoundError(f"no *.safetensors files in '{path}'")
+      self._file_of = {}
+      for file in files:
+        with safe_open(file, framework="flax") as f:
+          self._file_of.update({key: file for key in f.keys()})
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._file_of
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    with safe_open(self._file_of[key], framework="flax") as f:
+      return np.asarray(f.get_tensor(key).astype(jnp.float32))
+
+
+def load_checkpoint(path: str | pathlib.Path, **cfg_overrides) -> tuple[ModelConfig, dict[str, Any]]:
+  """(config, numpy params) from a HF directory or a .gguf file; `cfg_overrides` set dtypes, remat, scan."""
+  from paw_jax.models.assets import resolve_model_path  # local: assets pulls in package lookups
+  path = resolve_model_path(str(path))
+  if path.suffix == ".gguf":
+    from paw_jax.models.gguf_io import read_gguf
+    hf_config, tensors = read_gguf(path)
+  else:
+    hf_config, tensors = read_config(path), _SafetensorsDir(path)
+  cfg = ModelConfig.from_hf(hf_config, **cfg_overrides)
+  return cfg, hf_to_params(cfg, tensors)
+
+
+def load_model(path: str | pathlib.Path, shardings: Any = None, **cfg_overrides) -> Decoder:
+  cfg, params = load_checkpoint(path, **cfg_overrides)
+  return model_from_params(cfg, params, shardings)
+
+
+def save_model(model: Decoder, out_dir: str | pathlib.Path, max_shard_bytes: int = 4 << 30) -> pathlib.Path:
+  """Writes config.json + safetensors (index-sharded above `max_shard_bytes`) that transformers loads."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  cfg = model.cfg
+  tensors = params_to_hf(cfg, jax.device_get(model_params(model)))
+  (out_dir / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+  shards: list[dict[str, np.ndarray]] = [{}]
+  shard_bytes = 0
+  for key, array in tensors.items():
+    if shard_bytes and shard_bytes + array.nbytes > max_shard_bytes:
+      shards.append({})
+      shard_bytes = 0
+    shards[-1][key] = array
+    shard_bytes += array.nbytes
+  if len(shards) == 1:
+    save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, out_dir / "model.safetensors",
+              metadata={"format": "pt"})
+    return out_dir
+  weight_map = {}
+  for i, shard in enumerate(shards):
+    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    save_file({k: jnp.asarray(v) for k, v in shard.items()}, out_dir / name, metadata={"format": "pt"})
+    weight_map.update({key: name for key in shard})
+  total = sum(a.nbytes for a in tensors.values())
+  (out_dir / "model.safetensors.index.json").write_text(
+      json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+  return out_dir

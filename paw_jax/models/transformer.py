@@ -1,0 +1,236 @@
+"""One Flax NNX decoder for Llama, Qwen2/2.5 and Qwen3, numerically the Hugging Face model.
+
+Layer parameters are stored stacked along a leading `layers` axis, so the same parameter layout serves a `lax.scan`
+over layers (fast compiles for deep models) and a Python loop. Every parameter carries `logical_axes` metadata that
+`paw_jax.sharding` maps to mesh axes.
+
+One attention path serves training, prefill and cached decode: tokens occupy *slots*; a query at slot i sees key slots
+j <= i that hold a real token (`mask`). Without a cache the slots are the T input positions; with a cache they are the
+cache's S slots and the T new tokens are written at `cache.index`. RoPE positions are separate inputs, so left-padded
+rows (positions counted from their first real token) give the same logits as unpadded rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from paw_jax.models.config import ModelConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """Fixed-size key/value cache; `index` is the next slot to write (the same for every row)."""
+  keys_LxBxSxKxH: jax.Array
+  values_LxBxSxKxH: jax.Array
+  mask_BxS: jax.Array  # slot holds a real (non-padding) token
+  index: jax.Array  # int32 scalar
+
+  @classmethod
+  def init(cls, cfg: ModelConfig, batch: int, num_slots: int) -> KVCache:
+    shape = (cfg.num_layers, batch, num_slots, cfg.num_kv_heads, cfg.head_dim)
+    zeros = jnp.zeros(shape, cfg.compute_jnp_dtype)
+    return cls(zeros, zeros, jnp.zeros((batch, num_slots), bool), jnp.zeros((), jnp.int32))
+
+
+def layer_param_specs(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+  """Per-layer parameter shapes (without the leading layers axis) and logical axis names."""
+  d, n, k, h, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+  specs = {
+      "attn_norm": ((d,), ("embed",)),
+      "q": ((d, n, h), ("embed", "heads", "head_dim")),
+      "k": ((d, k, h), ("embed", "kv_heads", "head_dim")),
+      "v": ((d, k, h), ("embed", "kv_heads", "head_dim")),
+      "o": ((n, h, d), ("heads", "head_dim", "embed")),
+      "mlp_norm": ((d,), ("embed",)),
+      "gate": ((d, f), ("embed", "mlp")),
+      "up": ((d, f), ("embed", "mlp")),
+      "down": ((f, d), ("mlp", "embed")),
+  }
+  if cfg.qkv_bias:
+    specs.update(q_bias=((n, h), ("heads", "head_dim")), k_bias=((k, h), ("kv_heads", "head_dim")),
+                 v_bias=((k, h), ("kv_heads", "head_dim")))
+  if cfg.o_bias:
+    specs["o_bias"] = ((d,), ("embed",))
+  if cfg.qk_norm:
+    specs.update(q_norm=((h,), ("head_dim",)), k_norm=((h,), ("head_dim",)))
+  return specs
+
+
+def _is_norm_or_bias(name: str) -> bool:
+  return name.endswith("norm") or name.endswith("bias")
+
+
+class Layers(nnx.Module):
+  """All decoder layers' parameters, stacked: each attribute is [num_layers, ...]."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    for name, (shape, axes) in layer_param_specs(cfg).items():
+      full_shape = (cfg.num_layers, *shape)
+      if name.endswith("norm"):
+        value = jnp.ones(full_shape, cfg.param_jnp_dtype)
+      elif name.endswith("bias"):
+        value = jnp.zeros(full_shape, cfg.param_jnp_dtype)
+      else:
+        value = 0.02 * jax.random.normal(rngs.params(), full_shape, cfg.param_jnp_dtype)
+      setattr(self, name, nnx.Param(value, logical_axes=("layers", *axes)))
+
+  def as_dict(self, names) -> dict[str, jax.Array]:
+    return {name: getattr(self, name)[...] for name in names}
+
+
+class Decoder(nnx.Module):
+  """Causal LM: `model(tokens_BxT, positions_BxT, mask_BxT, cache)` -> (fp32 logits_BxTxV, updated cache)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, v = cfg.hidden_size, cfg.vocab_size
+    self.embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (v, d), cfg.param_jnp_dtype),
+                           logical_axes=("vocab", "embed"))
+    self.layers = Layers(cfg, rngs)
+    self.final_norm = nnx.Param(jnp.ones((d,), cfg.param_jnp_dtype), logical_axes=("embed",))
+    if not cfg.tie_word_embeddings:
+      self.lm_head = nnx.Param(0.02 * jax.random.normal(rngs.params(), (d, v), cfg.param_jnp_dtype),
+                               logical_axes=("embed", "vocab"))
+
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    hidden_BxTxD, cache = self.hidden_states(tokens_BxT, positions_BxT, mask_BxT, cache)
+    return self.logits(hidden_BxTxD), cache
+
+  def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    dtype = self.cfg.compute_jnp_dtype
+    if self.cfg.tie_word_embeddings:
+      return jnp.einsum("btd,vd->btv", hidden_BxTxD, self.embed[...].astype(dtype),
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", hidden_BxTxD, self.lm_head[...].astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+  def hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array,
+                    cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Final-normed hidden states (the value head of a critic reads these)."""
+    cfg = self.cfg
+    dtype = cfg.compute_jnp_dtype
+    _, seq_len = tokens_BxT.shape
+    x_BxTxD = self.embed[...].astype(dtype)[tokens_BxT]
+    cos_BxTxH, sin_BxTxH = rope_tables(cfg, positions_BxT)
+    if cache is None:
+      query_slots_T = jnp.arange(seq_len)
+      key_mask_BxS, key_slots_S, write_index = mask_BxT, query_slots_T, None
+    else:
+      write_index = cache.index
+      query_slots_T = write_index + jnp.arange(seq_len)
+      key_mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxT.astype(bool), (0, write_index))
+      key_slots_S = jnp.arange(cache.mask_BxS.shape[1])
+    attn_mask_Bx1xTxS = (key_mask_BxS[:, None, None, :].astype(bool)
+                         & (key_slots_S[None, None, None, :] <= query_slots_T[None, None, :, None]))
+
+    names = tuple(layer_param_specs(cfg))
+    stacked = self.layers.as_dict(names)
+
+    def body(x_BxTxD, layer_inputs):
+      params, cached_kv = layer_inputs
+      x_BxTxD, new_kv = decoder_layer(cfg, params, x_BxTxD, cos_BxTxH, sin_BxTxH, attn_mask_Bx1xTxS,
+                                      cached_kv, write_index)
+      return x_BxTxD, new_kv
+
+    if cfg.remat:
+      body = jax.checkpoint(body, prevent_cse=not cfg.scan_layers)
+    cached = None if cache is None else (cache.keys_LxBxSxKxH, cache.values_LxBxSxKxH)
+    x_BxTxD, new_kv = _run_layers(body, x_BxTxD, (stacked, cached), cfg.num_layers, cfg.scan_layers)
+    hidden_BxTxD = rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps)
+    if cache is not None:
+      cache = KVCache(new_kv[0], new_kv[1], key_mask_BxS, write_index + seq_len)
+    return hidden_BxTxD, cache
+
+
+def _run_layers(body: Callable, x, xs, num_layers: int, scan: bool):
+  """lax.scan over the stacked layers, or an unrolled loop over their slices (same params, same numbers)."""
+  if scan:
+    return jax.lax.scan(body, x, xs)
+  outputs = []
+  for layer in range(num_layers):
+    x, out = body(x, jax.tree.map(lambda a: a[layer], xs))
+    outputs.append(out)
+  return x, jax.tree.map(lambda *a: jnp.stack(a), *outputs) if outputs[0] is not None else None
+
+
+def decoder_layer(cfg: ModelConfig, params: dict[str, jax.Array], x_BxTxD: jax.Array, cos_BxTxH: jax.Array,
+                  sin_BxTxH: jax.Array, attn_mask_Bx1xTxS: jax.Array, cached_kv, write_index):
+  """Pre-norm attention + SwiGLU MLP block; returns the new residual stream and this layer's keys/values."""
+  dtype = cfg.compute_jnp_dtype
+  p = {name: value.astype(dtype) for name, value in params.items()}
+  h_BxTxD = rms_norm(x_BxTxD, p["attn_norm"], cfg.rms_norm_eps)
+  q_BxTxNxH = jnp.einsum("btd,dnh->btnh", h_BxTxD, p["q"])
+  k_BxTxKxH = jnp.einsum("btd,dkh->btkh", h_BxTxD, p["k"])
+  v_BxTxKxH = jnp.einsum("btd,dkh->btkh", h_BxTxD, p["v"])
+  if cfg.qkv_bias:
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = q_BxTxNxH + p["q_bias"], k_BxTxKxH + p["k_bias"], v_BxTxKxH + p["v_bias"]
+  if cfg.qk_norm:
+    q_BxTxNxH = rms_norm(q_BxTxNxH, p["q_norm"], cfg.rms_norm_eps)
+    k_BxTxKxH = rms_norm(k_BxTxKxH, p["k_norm"], cfg.rms_norm_eps)
+  q_BxTxNxH = apply_rope(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
+  k_BxTxKxH = apply_rope(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
+  if cached_kv is None:
+    keys_BxSxKxH, values_BxSxKxH = k_BxTxKxH, v_BxTxKxH
+  else:
+    keys_BxSxKxH = jax.lax.dynamic_update_slice(cached_kv[0], k_BxTxKxH, (0, write_index, 0, 0))
+    values_BxSxKxH = jax.lax.dynamic_update_slice(cached_kv[1], v_BxTxKxH, (0, write_index, 0, 0))
+  attn_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask=attn_mask_Bx1xTxS,
+                                              scale=1.0 / math.sqrt(cfg.head_dim))
+  out_BxTxD = jnp.einsum("btnh,nhd->btd", attn_BxTxNxH, p["o"])
+  if cfg.o_bias:
+    out_BxTxD = out_BxTxD + p["o_bias"]
+  x_BxTxD = x_BxTxD + out_BxTxD
+  h_BxTxD = rms_norm(x_BxTxD, p["mlp_norm"], cfg.rms_norm_eps)
+  gated_BxTxF = jax.nn.silu(h_BxTxD @ p["gate"]) * (h_BxTxD @ p["up"])
+  x_BxTxD = x_BxTxD + gated_BxTxF @ p["down"]
+  return x_BxTxD, (keys_BxSxKxH, values_BxSxKxH)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+  """HF RMSNorm: normalise in fp32, cast back, then scale."""
+  x32 = x.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse RoPE frequencies [head_dim/2], with Llama-3 scaling when configured."""
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
+  scaling = cfg.rope_scaling
+  if scaling is None:
+    return inv_freq
+  low_freq_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+  high_freq_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+  smooth = ((scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor)
+            / (scaling.high_freq_factor - scaling.low_freq_factor))
+  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def rope_tables(cfg: ModelConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  freqs_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
+  angles_BxTxH = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)
+  dtype = cfg.compute_jnp_dtype
+  return jnp.cos(angles_BxTxH).astype(dtype), jnp.sin(angles_BxTxH).astype(dtype)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, cos_BxTxH: jax.Array, sin_BxTxH: jax.Array) -> jax.Array:
+  """HF's rotate-half convention (first half of head_dim pairs with the second half)."""
+  half = x_BxTxNxH.shape[-1] // 2
+  rotated = jnp.concatenate([-x_BxTxNxH[..., half:], x_BxTxNxH[..., :half]], axis=-1)
+  return x_BxTxNxH * cos_BxTxH[:, :, None, :] + rotated * sin_BxTxH[:, :, None, :]
+
+
+def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
+  """RoPE positions counted from each row's first real token (left padding gets position 0)."""
+  return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
