@@ -1,0 +1,221 @@
+"""Jitted KV-cache sampler on the training model graph: prefill + `lax.while_loop` decode over a fixed-size cache.
+
+Prompts are left-padded into a fixed bucket so every row's last prompt token sits at the same slot, and decoding
+writes one slot per step for all rows. Rows stop at an EOS id or when their text contains a stop string; stop strings
+are matched on device by a byte-level automaton whose per-token transition table is precomputed from the vocabulary,
+so a stop string split across tokens is still caught and the loop never syncs with the host.
+
+Per generated token the sampler returns the token, its log-prob and the full-vocabulary entropy of the
+temperature-scaled distribution `softmax(logits / T)` — exactly what the trainer recomputes, so PPO ratios start at
+1. top-k / top-p only restrict which token is drawn; they do not change the reported log-probs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from paw_jax.models.transformer import Decoder, KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0  # 0 = off
+  top_p: float = 1.0  # 1 = off
+  max_new_tokens: int = 256
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.top_k < 0 or self.max_new_tokens < 1:
+      raise ValueError(f"top_k must be >= 0 and max_new_tokens >= 1, got {self.top_k}, {self.max_new_tokens}")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SampleOutput:
+  tokens_BxN: jax.Array  # generated tokens; pad_id after a row stopped
+  logprobs_BxN: jax.Array  # log softmax(logits / T) of each generated token
+  entropy_BxN: jax.Array  # full-vocabulary entropy of softmax(logits / T)
+  mask_BxN: jax.Array  # token was generated (the EOS / stop token included)
+
+
+# --- stop strings ----------------------------------------------------------------------------------------------
+def stop_string_table(token_bytes: Sequence[bytes], stop_strings: Sequence[str]) -> np.ndarray:
+  """[num_states + 1, V] transition table of an Aho-Corasick automaton over bytes; the last state means 'stopped'.
+
+  A state is the longest suffix of the text so far that is a prefix of some stop string; feeding a token's bytes
+  moves to the next state, or to the absorbing stopped state once any stop string has appeared.
+  """
+  stops = [s.encode() for s in stop_strings if s]
+  prefixes = sorted({b""} | {stop[:i] for stop in stops for i in range(len(stop))}, key=lambda p: (len(p), p))
+  state_of = {prefix: i for i, prefix in enumerate(prefixes)}
+  stopped = len(prefixes)
+  byte_delta = np.full((stopped + 1, 256), stopped, np.int32)
+  for prefix, state in state_of.items():
+    for byte in range(256):
+      text = prefix + bytes([byte])
+      if any(text.endswith(stop) for stop in stops):
+        continue
+      while text not in state_of:
+        text = text[1:]
+      byte_delta[state, byte] = state_of[text]
+  table = np.empty((stopped + 1, len(token_bytes)), np.int32)
+  by_length: dict[int, list[int]] = {}
+  for token_id, raw in enumerate(token_bytes):
+    by_length.setdefault(len(raw), []).append(token_id)
+  for length, token_ids in by_length.items():  # vectorised over all tokens of one byte length
+    bytes_NxL = np.frombuffer(b"".join(token_bytes[t] for t in token_ids), np.uint8).reshape(len(token_ids), length)
+    states_SxN = np.broadcast_to(np.arange(stopped + 1)[:, None], (stopped + 1, len(token_ids)))
+    for j in range(length):
+      states_SxN = byte_delta[states_SxN, bytes_NxL[None, :, j]]
+    table[:, token_ids] = states_SxN
+  return table
+
+
+# --- one decoding step's sampling ------------------------------------------------------------------------------
+def sample_logits(rng: jax.Array, logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Draws a token per row: greedy at T = 0, else from softmax(logits/T) restricted by top-k and top-p."""
+  if cfg.temperature == 0:
+    return jnp.argmax(logits_BxV, axis=-1)
+  scaled_BxV = logits_BxV / cfg.temperature
+  if cfg.top_k > 0:
+    kth_Bx1 = jax.lax.top_k(scaled_BxV, cfg.top_k)[0][:, -1:]
+    scaled_BxV = jnp.where(scaled_BxV < kth_Bx1, -jnp.inf, scaled_BxV)
+  if cfg.top_p < 1.0:
+    sorted_BxV = jnp.sort(scaled_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    # The nucleus: the most probable tokens until their mass reaches top_p (the first token is always in).
+    in_nucleus_BxV = mass_before_BxV < cfg.top_p
+    threshold_Bx1 = jnp.min(jnp.where(in_nucleus_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    scaled_BxV = jnp.where(scaled_BxV < threshold_Bx1, -jnp.inf, scaled_BxV)
+  return jax.random.categorical(rng, scaled_BxV, axis=-1)
+
+
+def token_logprob_entropy(logits_BxV: jax.Array, tokens_B: jax.Array, temperature: float):
+  """log softmax(logits/T)[token] and the entropy of softmax(logits/T); T = 0 (greedy) reports T = 1."""
+  scaled_BxV = logits_BxV / (temperature if temperature > 0 else 1.0)
+  logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
+  logprob_B = jnp.take_along_axis(logp_BxV, tokens_B[:, None], axis=-1)[:, 0]
+  entropy_B = -jnp.sum(jnp.exp(logp_BxV) * logp_BxV, axis=-1)
+  return logprob_B, entropy_B
+
+
+# --- the jitted generation loop -------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+             rng: jax.Array, stop_table: jax.Array, eos_ids: jax.Array, pad_id: int | jax.Array,
+             cfg: SamplingConfig) -> SampleOutput:
+  """Samples up to `cfg.max_new_tokens` tokens after left-padded prompts (last prompt token at slot P-1)."""
+  model: Decoder = nnx.merge(graphdef, params)
+  batch, prompt_len = prompt_BxP.shape
+  steps = cfg.max_new_tokens
+  stopped_state = stop_table.shape[0] - 1
+  cache = KVCache.init(model.cfg, batch, prompt_len + steps)
+  positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP.astype(jnp.int32), axis=-1) - 1, 0)
+  hidden_BxPxD, cache = model.hidden_states(prompt_BxP, positions_BxP, prompt_mask_BxP, cache)
+  logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
+
+  def record(carry, logits_BxV, step):
+    rng, done_B, stop_state_B, out = carry[0], carry[1], carry[2], carry[3]
+    rng, step_rng = jax.random.split(rng)
+    token_B = sample_logits(step_rng, logits_BxV, cfg)
+    logprob_B, entropy_B = token_logprob_entropy(logits_BxV, token_B, cfg.temperature)
+    active_B = ~done_B
+    out = SampleOutput(
+        out.tokens_BxN.at[:, step].set(jnp.where(active_B, token_B, pad_id)),
+        out.logprobs_BxN.at[:, step].set(jnp.where(active_B, logprob_B, 0.0)),
+        out.entropy_BxN.at[:, step].set(jnp.where(active_B, entropy_B, 0.0)),
+        out.mask_BxN.at[:, step].set(active_B))
+    stop_state_B = stop_table[stop_state_B, token_B]
+    done_B = done_B | jnp.isin(token_B, eos_ids) | (stop_state_B == stopped_state)
+    return rng, done_B, stop_state_B, out, token_B
+
+  empty = SampleOutput(jnp.full((batch, steps), pad_id, jnp.int32), jnp.zeros((batch, steps), jnp.float32),
+                       jnp.zeros((batch, steps), jnp.float32), jnp.zeros((batch, steps), bool))
+  start = (rng, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32), empty)
+  rng, done_B, stop_state_B, out, token_B = record(start, logits_BxV, 0)
+  last_position_B = positions_BxP[:, -1]
+
+  def cond(carry):
+    step, _, done_B, *_ = carry
+    return (step < steps) & ~jnp.all(done_B)
+
+  def body(carry):
+    step, rng, done_B, stop_state_B, out, token_B, cache = carry
+    positions_Bx1 = (last_position_B + step)[:, None]
+    logits_Bx1xV, cache = model(token_B[:, None], positions_Bx1, ~done_B[:, None], cache)
+    rng, done_B, stop_state_B, out, token_B = record((rng, done_B, stop_state_B, out), logits_Bx1xV[:, 0], step)
+    return step + 1, rng, done_B, stop_state_B, out, token_B, cache
+
+  carry = (jnp.ones((), jnp.int32), rng, done_B, stop_state_B, out, token_B, cache)
+  return jax.lax.while_loop(cond, body, carry)[4]
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+  for b in buckets:
+    if n <= b:
+      return b
+  raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]}")
+
+
+def power_of_two_buckets(minimum: int, maximum: int) -> tuple[int, ...]:
+  sizes, n = [], minimum
+  while n < maximum:
+    sizes.append(n)
+    n *= 2
+  return (*sizes, maximum)
+
+
+@dataclasses.dataclass
+class Sampler:
+  """Host-side front end: pads prompts into (batch, length) buckets so `generate` compiles once per bucket.
+
+  `params` is passed per call (the train state's own params: no copy, no conversion).
+  """
+  graphdef: nnx.GraphDef
+  token_bytes: Sequence[bytes]
+  eos_ids: Sequence[int]
+  pad_id: int
+  stop_strings: Sequence[str] = ()
+  max_prompt_len: int = 2048
+  batch_buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+  def __post_init__(self):
+    self._stop_table = jnp.asarray(stop_string_table(self.token_bytes, self.stop_strings))
+    self._eos_ids = jnp.asarray(list(self.eos_ids), jnp.int32)
+    self.length_buckets = power_of_two_buckets(min(64, self.max_prompt_len), self.max_prompt_len)
+
+  def __call__(self, params: nnx.State, prompts: Sequence[Sequence[int]], rng: jax.Array,
+               cfg: SamplingConfig) -> list[dict[str, np.ndarray]]:
+    """Samples one completion per prompt; returns per row `tokens`, `logprobs`, `entropy` (numpy, unpadded)."""
+    if not prompts:
+      return []
+    too_long = [len(p) for p in prompts if len(p) > self.max_prompt_len]
+    if too_long or any(len(p) == 0 for p in prompts):
+      raise ValueError(f"prompt lengths must be in [1, {self.max_prompt_len}]; got {too_long or 'an empty prompt'}")
+    batch = _bucket(len(prompts), self.batch_buckets)
+    length = _bucket(max(len(p) for p in prompts), self.length_buckets)
+    prompt_BxP = np.full((batch, length), self.pad_id, np.int32)
+    mask_BxP = np.zeros((batch, length), bool)
+    for row, prompt in enumerate(prompts):
+      prompt_BxP[row, length - len(prompt):] = prompt
+      mask_BxP[row, length - len(prompt):] = True
+    mask_BxP[len(prompts):, -1] = True  # filler rows: one real token, so no row attends to nothing
+    out = jax.device_get(generate(self.graphdef, params, prompt_BxP, mask_BxP, rng, self._stop_table, self._eos_ids,
+                                  self.pad_id, cfg))
+    results = []
+    for row in range(len(prompts)):
+      n = int(out.mask_BxN[row].sum())
+      results.append({"tokens": out.tokens_BxN[row, :n], "logprobs": out.logprobs_BxN[row, :n],
+                      "entropy": out.entropy_BxN[row, :n]})
+    return results
