@@ -104,8 +104,9 @@ class TextEnv(abc.ABC):
   def reset(self, task: Task) -> tuple[str, dict[str, Any]]:
     self._steps = 0
     self._invalid_count = 0
-    self._done = False
+    self._done = True  # stays finished if _reset raises, so step() cannot reach a half-built env
     observation, info = self._reset(task)
+    self._done = False
     info.setdefault("admissible_actions", self.admissible_actions())
     info.update(won=False, invalid=False, steps=0, invalid_count=0)
     return observation, info
