@@ -36,6 +36,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["paw_jax", "paw_jax.*"]),
+    package_data={"paw_jax.envs": ["data/*/*.jsonl", "data/*/*/*.jsonl"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={"envs": ENVS, "test": TEST + ENVS},
