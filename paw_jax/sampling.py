@@ -188,10 +188,16 @@ class Sampler:
   pad_id: int
   stop_strings: Sequence[str] = ()
   max_prompt_len: int = 2048
+  vocab_size: int | None = None  # model vocabulary when larger than the tokenizer's (e.g. Qwen's padded embedding)
   batch_buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
   def __post_init__(self):
-    self._stop_table = jnp.asarray(stop_string_table(self.token_bytes, self.stop_strings))
+    token_bytes = list(self.token_bytes)
+    if self.vocab_size is not None:
+      if self.vocab_size < len(token_bytes):
+        raise ValueError(f"model vocab_size={self.vocab_size} is smaller than the tokenizer's {len(token_bytes)}")
+      token_bytes += [b""] * (self.vocab_size - len(token_bytes))  # ids the tokenizer never produces
+    self._stop_table = jnp.asarray(stop_string_table(token_bytes, self.stop_strings))
     self._eos_ids = jnp.asarray(list(self.eos_ids), jnp.int32)
     self.length_buckets = power_of_two_buckets(min(64, self.max_prompt_len), self.max_prompt_len)
 

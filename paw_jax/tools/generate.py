@@ -13,12 +13,23 @@ from flax import nnx
 
 from paw_jax.models import hf_io
 from paw_jax.models.tokenizer import Tokenizer
+from paw_jax.models.transformer import Decoder
 from paw_jax.sampling import Sampler, SamplingConfig
+
+
+def load_model_and_tokenizer(name: str, tool: str, **cfg_overrides) -> tuple[Decoder, Tokenizer]:
+  """Model and tokenizer of `--model`; a missing or unreadable checkpoint exits with one line, not a traceback."""
+  try:
+    return hf_io.load_model(name, **cfg_overrides), Tokenizer.load(name)
+  except (OSError, ValueError, KeyError) as error:
+    message = error.args[0] if isinstance(error, KeyError) else error  # str(KeyError) would add quotes
+    raise SystemExit(f"{tool}: bad --model {name!r}: {' '.join(str(message).split())}") from None
 
 
 def build_sampler(model, tokenizer: Tokenizer, stop_strings=(), max_prompt_len: int = 1024) -> Sampler:
   return Sampler(nnx.graphdef(model), tokenizer.token_bytes(), eos_ids=tokenizer.stop_token_ids,
-                 pad_id=tokenizer.pad_token_id, stop_strings=tuple(stop_strings), max_prompt_len=max_prompt_len)
+                 pad_id=tokenizer.pad_token_id, stop_strings=tuple(stop_strings), max_prompt_len=max_prompt_len,
+                 vocab_size=model.cfg.vocab_size)
 
 
 def main(argv=None) -> None:
@@ -36,8 +47,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
 
   start = time.perf_counter()
-  model = hf_io.load_model(args.model, compute_dtype=args.compute_dtype)
-  tokenizer = Tokenizer.load(args.model)
+  model, tokenizer = load_model_and_tokenizer(args.model, "generate", compute_dtype=args.compute_dtype)
   print(f"loaded {model.cfg.model_type} ({model.cfg.num_params / 1e6:.0f}M params) in {time.perf_counter() - start:.1f}s")
   if args.raw:
     prompt_ids = tokenizer.encode(args.prompt, add_special_tokens=True)

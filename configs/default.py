@@ -1,0 +1,50 @@
+"""The embedded default: a from-scratch model learns FrozenLake with GRPO + PaW on a laptop CPU.
+
+  python -m paw_jax.main --config=configs/default.py --config.workdir=runs/default
+  python -m paw_jax.main --config=configs/default.py:ci   # seconds-sized, for the test suite
+
+Why these values: the model (~0.4M params, BPE vocab 512 trained on the env's own text) is small enough to update
+in seconds on 2 cores; FrozenLake's grid is the whole state, so no history is needed (history=0) and the reply is
+just `<action>...</action>` (think=False); a short format warm-up on *random* admissible actions teaches the reply
+format only. The learning rate is the scale that moves a fresh small model (the paper's 1e-6 is for 1.5B+).
+"""
+from paw_jax.config_base import base_config
+
+
+def get_config(arg: str = ""):
+  c = base_config()
+  c.workdir = "runs/default"
+  c.env.name = "frozenlake"
+  c.env.kwargs.size = 4
+  c.env.kwargs.hole_prob = 0.2
+  c.env.kwargs.max_steps = 12
+  c.env.num_envs = 128
+  c.env.in_process = True  # a pure-Python step costs less than a message to a worker
+  c.prompt.history = 0
+  c.prompt.think = False
+  c.sampling.max_new_tokens = 8
+  c.sampling.max_prompt_len = 256
+  c.sampling.eval_temperature = 0.0
+  c.batch.max_len = 512
+  c.batch.max_obs_tokens = 64
+  c.batch.micro_batch = 64
+  c.batch.mini_batch = 256
+  c.algo.group_size = 8
+  c.algo.groups_per_update = 16
+  c.algo.loss.kl_coef = 0.0
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 5
+  c.optim.weight_decay = 0.0
+  c.train.updates = 60
+  c.train.format_warmup_steps = 30
+  c.train.eval_every = 10
+  c.train.eval_episodes = 100
+  c.train.checkpoint_every = 5
+  if arg == "ci":
+    c.workdir = "runs/ci"
+    c.algo.groups_per_update = 8
+    c.train.updates = 6
+    c.train.eval_every = 3
+    c.train.eval_episodes = 32
+    c.train.checkpoint_every = 2
+  return c

@@ -1,0 +1,47 @@
+"""Turn prompts (paper / verl-agent structure): task, step count, last K (observation, action) pairs, current
+observation, admissible actions, and the format instruction (reason in <think>, act in the env's action tags)."""
+from __future__ import annotations
+
+import dataclasses
+
+from paw_jax.envs.base import TextEnv
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+  history: int = 2  # last K (observation, action) pairs; -1 = the full history (search-QA)
+  think: bool = True  # ask for <think>...</think> before the action
+  system: str | None = None  # an optional system message
+  obs_header: str = "\nObservation: "  # PaW: fixed header before the appended next observation
+
+
+def format_instruction(env_cls: type[TextEnv], think: bool) -> str:
+  tags = " or ".join(f"<{t}> </{t}>" for t in env_cls.action_tags)
+  if not think:
+    return f"Reply with your action for the current step enclosed within {tags} tags, and nothing else."
+  return ("You should first reason step-by-step about the current situation. This reasoning process MUST be "
+          "enclosed within <think> </think> tags. Once you've finished your reasoning, you should choose an "
+          f"action for the current step and present it within {tags} tags.")
+
+
+def render_turn(env_cls: type[TextEnv], cfg: PromptConfig, task: str, step: int, history: list[tuple[str, str]],
+                observation: str, admissible: list[str] | None) -> str:
+  """The user message of turn `step` (0-based); `history` holds every earlier (observation, action) pair."""
+  kept = history if cfg.history < 0 else history[len(history) - cfg.history:] if cfg.history else []
+  parts = [task.strip()]
+  if step:
+    past = "\n".join(f"[Observation {step - len(kept) + i + 1}: {obs.strip()}]\n[Action {step - len(kept) + i + 1}: "
+                     f"{action}]" for i, (obs, action) in enumerate(kept))
+    parts.append(f"Prior to this step, you have already taken {step} step(s). Below are the most recent "
+                 f"{len(kept)} observations and the corresponding actions you took:\n{past}")
+  parts.append(f"You are now at step {step + 1} and your current observation is:\n{observation.strip()}")
+  admissible_text = env_cls.format_admissible(admissible)
+  if admissible_text:
+    parts.append(admissible_text)
+  parts.append(format_instruction(env_cls, cfg.think))
+  return "\n\n".join(parts)
+
+
+def chat_messages(cfg: PromptConfig, user_text: str) -> list[dict[str, str]]:
+  messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
+  return messages + [{"role": "user", "content": user_text}]

@@ -1,0 +1,182 @@
+"""Multi-turn rollouts on the host: prompts -> one batched sampler call per turn -> env pool -> Turn records.
+
+G rollouts per task form a group (same Task, so the same initial state); every active episode of the update is
+generated in one sampler call per turn, whatever its group. Each Turn keeps what training needs: the prompt and
+response tokens, sampler log-probs and entropies, the raw next observation (PaW's WM target), reward, done, ids, the
+current observation (GiGPO's anchor) and the params version that produced it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from paw_jax.envs.base import Task, TextEnv, parse_action
+from paw_jax.envs.pool import EnvPool
+from paw_jax.models.tokenizer import Tokenizer
+from paw_jax.prompts import PromptConfig, chat_messages, render_turn
+from paw_jax.sampling import Sampler, SamplingConfig
+
+
+@dataclasses.dataclass
+class Turn:
+  group_id: int
+  traj_id: int
+  step: int
+  prompt_ids: list[int]
+  response_ids: np.ndarray
+  logprobs: np.ndarray  # sampler log-probs of response_ids
+  entropy: np.ndarray  # full-vocabulary entropy at each response token
+  observation: str  # o_t, the anchor state of GiGPO
+  next_observation: str  # o_{t+1}, the WM target ('' when the episode failed in the env)
+  reward: float
+  done: bool
+  invalid: bool
+  params_version: int
+
+
+@dataclasses.dataclass
+class Episode:
+  group_id: int
+  traj_id: int
+  task: Task
+  task_type: str
+  episode_return: float = 0.0
+  won: bool = False
+  length: int = 0
+  invalid_count: int = 0
+  error: str | None = None
+
+
+@dataclasses.dataclass
+class _Live:
+  """An episode in progress."""
+  slot: int
+  episode: Episode
+  task_text: str
+  observation: str
+  admissible: list[str] | None
+  history: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class RolloutStats:
+  sample_s: float = 0.0
+  env_s: float = 0.0
+  turns: int = 0
+  response_tokens: int = 0
+
+
+def build_prompt(tokenizer: Tokenizer, env_cls: type[TextEnv], cfg: PromptConfig, live: _Live,
+                 max_prompt_len: int) -> list[int] | None:
+  """Prompt tokens for the live episode's next turn; drops the oldest history pairs when too long (None: no fit)."""
+  history = list(live.history)
+  while True:
+    text = render_turn(env_cls, cfg, live.task_text, live.episode.length, history, live.observation, live.admissible)
+    ids = tokenizer.encode_chat(chat_messages(cfg, text), add_generation_prompt=True)
+    if len(ids) <= max_prompt_len:
+      return ids
+    if not history:
+      return None
+    history = history[1:]
+
+
+def run_episodes(pool: EnvPool, env_cls: type[TextEnv], sampler: Sampler, params: Any, tokenizer: Tokenizer,
+                 tasks: Sequence[Task], group_size: int, prompt_cfg: PromptConfig, sampling_cfg: SamplingConfig,
+                 rng: jax.Array, params_version: int = 0) -> tuple[list[Turn], list[Episode], RolloutStats]:
+  """Plays `group_size` episodes of every task (in waves of at most `pool.num_envs`); returns turns and episodes."""
+  specs = [(g, i, task) for g, task in enumerate(tasks) for i in range(group_size)]
+  turns: list[Turn] = []
+  episodes: list[Episode] = []
+  stats = RolloutStats()
+  for start in range(0, len(specs), pool.num_envs):
+    wave = specs[start:start + pool.num_envs]
+    rng, wave_rng = jax.random.split(rng)
+    wave_turns, wave_episodes = _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampling_cfg,
+                                          wave_rng, params_version, stats)
+    turns += wave_turns
+    episodes += wave_episodes
+  return turns, episodes, stats
+
+
+def _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampling_cfg, rng, params_version,
+              stats) -> tuple[list[Turn], list[Episode]]:
+  start = time.perf_counter()
+  resets = pool.reset([(slot, task) for slot, (_, _, task) in enumerate(wave)])
+  stats.env_s += time.perf_counter() - start
+  episodes, live = [], []
+  for slot, ((group_id, traj_id, task), (observation, info)) in enumerate(zip(wave, resets)):
+    episode = Episode(group_id, traj_id, task, str(info.get("task_type", "")))
+    episodes.append(episode)
+    if "error" in info:
+      episode.error = info["error"]
+      continue
+    live.append(_Live(slot, episode, str(info.get("task", "")), observation, info.get("admissible_actions")))
+
+  turns: list[Turn] = []
+  while live:
+    prompts, playable = [], []
+    for episode in live:
+      ids = build_prompt(tokenizer, env_cls, prompt_cfg, episode, sampler.max_prompt_len)
+      if ids is None:
+        episode.episode.error = f"prompt longer than max_prompt_len={sampler.max_prompt_len} even without history"
+        continue
+      prompts.append(ids)
+      playable.append(episode)
+    if not playable:
+      break
+    rng, turn_rng = jax.random.split(rng)
+    start = time.perf_counter()
+    samples = sampler(params, prompts, turn_rng, sampling_cfg)
+    stats.sample_s += time.perf_counter() - start
+    replies = [tokenizer.decode(s["tokens"].tolist(), skip_special_tokens=True) for s in samples]
+    start = time.perf_counter()
+    results = pool.step([(episode.slot, reply) for episode, reply in zip(playable, replies)])
+    stats.env_s += time.perf_counter() - start
+    live = []
+    for episode, prompt, sample, reply, result in zip(playable, prompts, samples, replies, results):
+      turns.append(Turn(episode.episode.group_id, episode.episode.traj_id, episode.episode.length, prompt,
+                        sample["tokens"], sample["logprobs"], sample["entropy"], episode.observation,
+                        result.observation, result.reward, result.done, bool(result.info.get("invalid")),
+                        params_version))
+      stats.turns += 1
+      stats.response_tokens += len(sample["tokens"])
+      _advance(env_cls, episode, reply, result)
+      if not result.done:
+        live.append(episode)
+  return turns, episodes
+
+
+def _advance(env_cls: type[TextEnv], live: _Live, reply: str, result) -> None:
+  episode = live.episode
+  episode.length += 1
+  episode.episode_return += result.reward
+  episode.invalid_count = int(result.info.get("invalid_count", episode.invalid_count))
+  episode.won = episode.won or bool(result.info.get("won"))
+  if "error" in result.info:
+    episode.error = result.info["error"]
+  action = parse_action(reply, env_cls.action_tags, env_cls.max_reply_chars)
+  live.history.append((live.observation, action.text if action else reply[-200:]))
+  live.observation = result.observation
+  live.admissible = result.info.get("admissible_actions")
+
+
+def episode_metrics(episodes: Sequence[Episode], prefix: str) -> dict[str, float]:
+  """Success rate (overall and per task type), mean return, mean turns, invalid-action rate, env failures."""
+  if not episodes:
+    return {}
+  turns = sum(e.length for e in episodes)
+  metrics = {
+      f"{prefix}/success": float(np.mean([e.won for e in episodes])),
+      f"{prefix}/return": float(np.mean([e.episode_return for e in episodes])),
+      f"{prefix}/turns": turns / len(episodes),
+      f"{prefix}/invalid_rate": sum(e.invalid_count for e in episodes) / max(turns, 1),
+      f"{prefix}/env_errors": float(sum(e.error is not None for e in episodes)),
+  }
+  for task_type in sorted({e.task_type for e in episodes if e.task_type}):
+    of_type = [e.won for e in episodes if e.task_type == task_type]
+    metrics[f"{prefix}/success/{task_type}"] = float(np.mean(of_type))
+  return metrics

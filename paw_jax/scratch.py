@@ -1,0 +1,62 @@
+"""What a from-scratch model needs before RL: a tokenizer trained on the env's own text, and format warm-up rows.
+
+Both come from random play (uniform over admissible actions), so neither carries any signal about which action is
+good: the warm-up teaches only the reply format `<action>...</action>` + end of turn.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from paw_jax.envs.base import Task, TextEnv
+from paw_jax.models.tokenizer import Tokenizer
+from paw_jax.prompts import PromptConfig, chat_messages, render_turn
+from paw_jax.rollout import Turn
+
+
+def random_play(env: TextEnv, split: str, episodes: int, seed: int):
+  """Yields (task_text, step, history, observation, admissible, action) for every turn of random episodes."""
+  rng = random.Random(seed)
+  for episode in range(episodes):
+    observation, info = env.reset(Task(split, seed * 100_003 + episode))
+    task_text, admissible, history = str(info.get("task", "")), info.get("admissible_actions"), []
+    for step in range(env.max_steps):
+      if not admissible:
+        break
+      action = rng.choice(admissible)
+      yield task_text, step, list(history), observation, admissible, action
+      result = env.step(f"<{env.action_tags[0]}>{action}</{env.action_tags[0]}>")
+      history.append((observation, action))
+      observation, admissible = result.observation, result.info.get("admissible_actions")
+      if result.done:
+        break
+
+
+def reply_text(env_cls: type[TextEnv], action: str) -> str:
+  return f"<{env_cls.action_tags[0]}>{action}</{env_cls.action_tags[0]}>"
+
+
+def train_env_tokenizer(env: TextEnv, prompt_cfg: PromptConfig, vocab_size: int, episodes: int,
+                        seed: int) -> Tokenizer:
+  """A byte-level BPE trained on rendered prompts, replies and observations of random play."""
+  texts = []
+  for task_text, step, history, observation, admissible, action in random_play(env, "train", episodes, seed):
+    texts.append(render_turn(type(env), prompt_cfg, task_text, step, history, observation, admissible))
+    texts.append(reply_text(type(env), action))
+    texts.append(observation)
+  return Tokenizer.train_bpe(texts, vocab_size=vocab_size)
+
+
+def format_warmup_turns(env: TextEnv, tokenizer: Tokenizer, prompt_cfg: PromptConfig, episodes: int,
+                        seed: int) -> list[Turn]:
+  """(prompt, random admissible action + end of turn) rows, with the next observation for the WM header/target."""
+  turns = []
+  plays = list(random_play(env, "train", episodes, seed))
+  for i, (task_text, step, history, observation, admissible, action) in enumerate(plays):
+    text = render_turn(type(env), prompt_cfg, task_text, step, history, observation, admissible)
+    prompt_ids = tokenizer.encode_chat(chat_messages(prompt_cfg, text), add_generation_prompt=True)
+    response = np.asarray(tokenizer.encode(reply_text(type(env), action)) + [tokenizer.eos_token_id], np.int32)
+    zeros = np.zeros(len(response), np.float32)
+    turns.append(Turn(0, i, 0, prompt_ids, response, zeros, zeros, observation, "", 0.0, True, False, 0))
+  return turns
