@@ -13,6 +13,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 
 def main(argv) -> None:
   del argv
+  from paw_jax.distributed import maybe_initialize_distributed
+  maybe_initialize_distributed()  # multi-process launches (launch/); a no-op on one process
   from paw_jax.train import train  # after flag parsing: JAX starts only when a run is asked for
   final = train(_CONFIG.value)
   if final:

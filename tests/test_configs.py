@@ -1,0 +1,251 @@
+"""Config files, their documented variants, the paper's hyperparameters, the launch scripts, the Colab notebook and
+paw_jax.distributed."""
+import inspect
+import json
+import os
+import pathlib
+import re
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+from paw_jax import distributed
+from paw_jax.config_base import base_config
+from paw_jax.envs import Task, env_class
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
+_DOCUMENTED = re.compile(r"configs/(\w+\.py)(?::([\w.,=/-]+))?")
+
+
+def documented_variants() -> list[str]:
+  """Every `configs/x.py[:variant]` written in the config docstrings, launch/ and the notebook."""
+  files = [ROOT / "configs" / name for name in CONFIG_FILES] + sorted((ROOT / "launch").iterdir())
+  texts = [f.read_text() for f in files + [ROOT / "notebooks" / "paw_jax_colab.ipynb"]]
+  found = {f"{name}:{variant}" if variant else name for text in texts for name, variant in _DOCUMENTED.findall(text)}
+  return sorted(found | set(CONFIG_FILES))
+
+
+def load(spec: str):
+  """As `--config=configs/<spec>` does: config_flags' own parser (loads the file by path, calls get_config, locks)."""
+  return ConfigFileFlagParser("config").parse(str(ROOT / "configs" / spec))
+
+
+def flat_keys(config, prefix: str = "") -> set[str]:
+  keys = set()
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    keys |= flat_keys(value, path + ".") if hasattr(value, "items") and path != "env.kwargs" else {path}
+  return keys
+
+
+def get(config, path: str):
+  for part in path.split("."):
+    config = config[part]
+  return config
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_config_docstring_holds_its_launch_commands(name):
+  doc = (ROOT / "configs" / name).read_text()
+  assert f"python -m paw_jax.main --config=configs/{name}" in doc
+  if name in PAPER_TABLE:
+    assert f"launch/tpu_pod.sh my-tpu us-central2-b configs/{name}:" in doc
+    assert f"sbatch --nodes=2 launch/slurm_gpu.sbatch configs/{name}:" in doc
+
+
+@pytest.mark.parametrize("spec", documented_variants())
+def test_documented_variant_has_exactly_the_base_fields(spec):
+  config = load(spec)
+  keys, base_keys = flat_keys(config), flat_keys(base_config())
+  assert keys == base_keys, f"{spec}: unknown fields {keys - base_keys}, missing {base_keys - keys}"
+  cls = env_class(config.env.name)  # env.kwargs are the env constructor's keyword arguments
+  unknown = set(config.env.kwargs) - set(inspect.signature(cls.__init__).parameters)
+  assert not unknown, f"{spec}: {cls.__name__} takes no {unknown}"
+  assert config.batch.mini_batch % config.batch.micro_batch == 0
+  assert config.batch.max_len >= config.sampling.max_prompt_len + config.sampling.max_new_tokens + 16
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_default_variant_env_plays_both_splits(name, tmp_path):
+  config = load(name)
+  kwargs = config.env.kwargs.to_dict()
+  cls = env_class(config.env.name)
+  if "cache_dir" in inspect.signature(cls.__init__).parameters:
+    kwargs["cache_dir"] = str(tmp_path)  # keep generated games out of ~/.cache
+  env = cls(**kwargs)
+  try:
+    for split in (config.env.train_split, config.env.eval_split):
+      observation, info = env.reset(Task(split, 0))
+      assert observation and info["task"]
+  finally:
+    env.close()
+
+
+# paw.md, "Hyperparameters (paper, Appendix A)": one column per env.
+PAPER_TABLE = {
+    "alfworld.py": {"sampling.max_prompt_len": 2048, "env.kwargs.max_steps": 50, "algo.group_size": 8,
+                    "algo.groups_per_update": 16, "batch.mini_batch": 256, "sampling.eval_temperature": 0.4,
+                    "algo.loss.kl_coef": 0.01, "prompt.history": 2, "algo.adv.step_similarity": None},
+    "webshop.py": {"sampling.max_prompt_len": 4096, "env.kwargs.max_steps": 15, "algo.group_size": 8,
+                   "algo.groups_per_update": 16, "batch.mini_batch": 64, "sampling.eval_temperature": 0.4,
+                   "algo.loss.kl_coef": 0.01, "prompt.history": 2, "algo.adv.step_similarity": None},
+    "search_qa.py": {"sampling.max_prompt_len": 4096, "env.kwargs.max_steps": 4, "algo.group_size": 5,
+                     "algo.groups_per_update": 256, "batch.mini_batch": 512, "sampling.eval_temperature": 0.0,
+                     "algo.loss.kl_coef": 0.001, "prompt.history": -1, "algo.adv.step_similarity": 0.9},
+}
+PAPER_SHARED = {"sampling.max_new_tokens": 512, "optim.learning_rate": 1e-6, "sampling.temperature": 1.0,
+                "algo.adv.step_weight": 1.0, "algo.adv.step_gamma": 0.95, "algo.adv.norm_by_std": True,
+                "algo.loss.clip_low": 0.2, "algo.loss.clip_high": 0.2, "algo.epochs": 1, "train.updates": 150,
+                "paw.alpha": 0.75, "algo.loss.rho": 0.2, "paw.enabled": True, "paw.wm_loss": "cmae",
+                "paw.adaptive": True, "model.param_dtype": "float32", "model.compute_dtype": "bfloat16",
+                "model.remat": True, "model.scan_layers": True, "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1}
+PAPER_REWARDS = {"alfworld": (10.0, -0.1), "webshop": (10.0, -0.1), "search_qa": (1.0, -0.01)}  # success, invalid
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE))
+def test_paper_hyperparameters(name):
+  config = load(name)
+  for path, expected in {**PAPER_SHARED, **PAPER_TABLE[name]}.items():
+    assert get(config, path) == expected, f"{name}: {path} = {get(config, path)}, paper: {expected}"
+  cls = env_class(config.env.name)
+  assert (cls.r_max, cls.invalid_penalty) == PAPER_REWARDS[config.env.name]
+  assert config.batch.max_len == config.sampling.max_prompt_len + 512 + 256 + 256
+
+
+def test_variant_keys_map_to_settings(monkeypatch):
+  monkeypatch.setenv("PAW_MODEL_DIR", "/models")
+  config = load("webshop.py:model=llama3.2-3b,algo=ppo,paw=off")
+  assert config.model.path == "/models/meta-llama/Llama-3.2-3B-Instruct"
+  assert (config.algo.advantage, config.paw.enabled) == ("gae", False)
+  assert config.workdir == "runs/webshop/llama3.2-3b-ppo-paw_off"
+  config = load("alfworld.py:algo=gigpo,paw=ce,model_dir=/ckpt/mine")
+  assert (config.algo.advantage, config.paw.wm_loss, config.model.path) == ("gigpo", "ce", "/ckpt/mine")
+  config = load("alfworld.py:paw=lambda1,algo=rloo")
+  assert (config.algo.advantage, config.paw.adaptive, config.paw.enabled) == ("rloo", False, True)
+  monkeypatch.delenv("PAW_MODEL_DIR")
+  assert load("search_qa.py").model.path == os.path.expanduser("~/models/Qwen/Qwen2.5-3B-Instruct")
+  config = load("search_qa.py:data=/data/flashrag")
+  assert (config.env.kwargs.data_dir, config.workdir) == ("/data/flashrag", "runs/search_qa/qwen2.5-3b-grpo-paw_on-flashrag")
+  assert set(config.env.kwargs.datasets["test"]) >= set(config.env.kwargs.datasets["train"]) == {"nq", "hotpotqa"}
+  assert load("smollm2.py:env=sokoban,paw=off").env.name == "sokoban"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("alfworld.py:modle=qwen2.5-7b", r"unknown key 'modle'; known keys: model, model_dir, algo, paw"),
+    ("webshop.py:model=gpt-5", r"model='gpt-5' is unknown; expected one of qwen2.5-1.5b"),
+    ("search_qa.py:algo=dpo", r"algo='dpo' is unknown"),
+    ("alfworld.py:paw", r"expected comma-separated key=value pairs, got 'paw'"),
+    ("alfworld.py:paw=on,paw=off", r"key 'paw' given twice"),
+    ("smollm2.py:env=alfworld", r"env='alfworld' is unknown; expected one of frozenlake, sokoban"),
+])
+def test_bad_variant_is_a_clear_value_error(spec, message):
+  with pytest.raises(ValueError, match=message):
+    load(spec)
+
+
+def test_command_line_length_override_moves_max_len():
+  argv = ["main", f"--config={ROOT}/configs/alfworld.py:algo=gigpo", "--config.sampling.max_prompt_len=4096",
+          "--config.batch.micro_batch=8"]
+  values = flags.FlagValues()  # as paw_jax.main defines it; overrides are flags made from the argv at definition
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  values(argv)
+  assert (values.config.batch.max_len, values.config.batch.micro_batch) == (5120, 8)
+
+
+# --- launch/ ----------------------------------------------------------------------------------------------------------
+def fake_commands(tmp_path: pathlib.Path, *names: str) -> dict[str, str]:
+  """Stand-ins on PATH that log their arguments, one call a line, to tmp_path/calls."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name in names:
+    script = bin_dir / name
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        {{ printf {name}; printf ' [%s]' "${{@//$'\\n'/ }}"; echo; }} >> {tmp_path}/calls
+        if [[ $1 == show ]]; then printf 'gpu-node7\\ngpu-node8\\n'; fi
+        """))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+  return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_tpu_pod_script_installs_and_runs_on_every_worker(tmp_path):
+  env = {**fake_commands(tmp_path, "gcloud"), "PAW_MODEL_DIR": "/mnt/my models"}
+  env.pop("ALFWORLD_DATA", None)  # importing alfworld sets it
+  spec = "configs/alfworld.py:model=qwen2.5-7b,algo=gigpo"
+  subprocess.run(["bash", ROOT / "launch/tpu_pod.sh", "my-tpu", "us-central2-b", spec, "gs://b/run",
+                  "--config.seed=3"], env=env, check=True, capture_output=True)
+  calls = (tmp_path / "calls").read_text().splitlines()
+  assert len(calls) == 4 and all("[--zone=us-central2-b]" in c for c in calls)
+  scp, install, start, follow = calls
+  assert "[scp]" in scp and "[--worker=all]" in scp and "paw_jax.tar.gz]" in scp
+  assert "[--worker=all]" in install and 'pip install -q -U "jax[tpu]" -e ".[envs]"' in install
+  assert "[--worker=all]" in start
+  words = shlex.split(start[start.index("cd ~/paw_jax && ") + 16:start.index(" > ~/paw_jax.log")])  # as ssh's shell
+  assert words == ["PAW_COORDINATOR=auto", "PAW_MODEL_DIR=/mnt/my models", "nohup", "python3", "-m", "paw_jax.main",
+                   f"--config={spec}", "--config.workdir=gs://b/run", "--config.seed=3"]
+  assert "[--worker=0]" in follow and "paw_jax.log" in follow
+
+
+def test_slurm_script_exports_the_coordinator_and_runs_one_task_per_process(tmp_path):
+  env = {**fake_commands(tmp_path, "scontrol", "srun"), "SLURM_JOB_NODELIST": "gpu-node[7-8]", "SLURM_NTASKS": "16",
+         "SLURM_JOB_ID": "12345", "SLURM_JOB_NUM_NODES": "2", "SLURM_SUBMIT_DIR": str(ROOT)}
+  (tmp_path / "bin" / "srun").write_text(f'#!/bin/bash\necho "$PAW_COORDINATOR $PAW_NUM_PROCESSES $*" > {tmp_path}/srun\n')
+  subprocess.run(["bash", ROOT / "launch/slurm_gpu.sbatch", "configs/webshop.py:algo=gigpo", "/shared/run"], env=env,
+                 check=True, capture_output=True)
+  assert (tmp_path / "srun").read_text().split() == [
+      "gpu-node7:32345", "16", "--kill-on-bad-exit=1", "python", "-m", "paw_jax.main",
+      "--config=configs/webshop.py:algo=gigpo", "--config.workdir=/shared/run"]
+
+
+# --- notebooks/ -------------------------------------------------------------------------------------------------------
+def test_colab_notebook_is_valid_nbformat_4_with_python_that_compiles():
+  notebook = json.loads((ROOT / "notebooks" / "paw_jax_colab.ipynb").read_text())
+  assert notebook["nbformat"] == 4 and notebook["cells"]
+  code = []
+  for cell in notebook["cells"]:
+    assert cell["cell_type"] in ("markdown", "code") and isinstance(cell["source"], list)
+    if cell["cell_type"] == "code":
+      assert cell["outputs"] == [] and cell["execution_count"] is None  # stored unexecuted
+      source = "".join(cell["source"])
+      code.append(source)
+      compile("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("!", "%"))),
+              "cell", "exec")
+  code = "\n".join(code)
+  assert 'REPO_URL = "' in code and 'get_config("ci")' in code and "plot_run(" in code
+
+
+# --- paw_jax.distributed ----------------------------------------------------------------------------------------------
+def test_distributed_is_a_noop_on_a_single_process(monkeypatch):
+  for name in ("PAW_COORDINATOR", "SLURM_NTASKS"):
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.maybe_initialize_distributed() is False
+  monkeypatch.setenv("SLURM_NTASKS", "1")  # `srun -n1`: still one process
+  assert distributed.maybe_initialize_distributed() is False
+
+
+def test_distributed_joins_two_processes_from_the_launcher_environment():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  program = textwrap.dedent("""
+      import jax
+      from paw_jax.distributed import maybe_initialize_distributed
+      assert maybe_initialize_distributed()
+      print(jax.process_index(), jax.process_count(), jax.device_count())
+  """)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "PAW_COORDINATOR": f"127.0.0.1:{port}", "SLURM_NTASKS": "2"}  # process count and id as srun gives them
+  procs = [subprocess.Popen([sys.executable, "-c", program], env={**env, "SLURM_PROCID": str(i)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  assert sorted(out.splitlines()[-1].split() for out, _ in outs) == [["0", "2", "4"], ["1", "2", "4"]]
