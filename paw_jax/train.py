@@ -146,7 +146,7 @@ def format_warmup(run: Run, steps: int) -> None:
   batch = pack_rows(turns, run.tokenizer, run.batch_cfg)
   update = jit_update(run.graphdef, make_optimizer(_dataclass_from(OptimConfig, run.config.optim)), sft_loss)
   rng = np.random.default_rng(run.config.seed)
-  mb = run.config.batch.mini_batch
+  mb = run.batch_cfg.micro_batch * 2  # small steps: the format is simple, many updates learn it fastest
   bar = progress(steps, desc="format warm-up")
   for _ in range(steps):
     rows = rng.choice(len(turns), size=min(mb, len(turns)), replace=False)
@@ -155,7 +155,7 @@ def format_warmup(run: Run, steps: int) -> None:
     bar.update()
   bar.close()
   run.state = dataclasses.replace(run.state, step=jnp.zeros((), jnp.int32))
-  print(f"format warm-up: {steps} steps, final NLL {float(metrics['sft/nll']):.3f}")
+  print(f"format warm-up: {steps} steps, final NLL {float(metrics['sft/nll']):.3f}", flush=True)
 
 
 def evaluate(run: Run, pool: EnvPool) -> dict[str, float]:
@@ -184,6 +184,9 @@ def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn)
   batch, paw_metrics = build_batch(turns, episodes, run.tokenizer, run.batch_cfg, c.algo.advantage, adv_cfg,
                                    run.paw_cfg, run.env_cls.r_max)
   fill_logprobs(run, batch, logprob_fn)
+  # Each mini-batch is its own optimizer step with a full token-mean L_RL, while the PaW weights sum over the whole
+  # update; scaling by the mini-batch count keeps Eq. 11's RL : WM balance in every step.
+  batch["wm_weight_B"] = batch["wm_weight_B"] * -(-len(batch["valid_B"]) // c.batch.mini_batch)
   step_metrics = []
   for _ in range(c.algo.epochs):
     for minibatch in mini_batches(batch, c.batch.mini_batch, c.batch.micro_batch):
