@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tokenizer.vocab_size = 512
   c.tokenizer.corpus_episodes = 200  # random-play episodes whose text trains the BPE
 
-  c.prompt = ml_collections.ConfigDict(dict(history=2, think=True, system=""))
+  c.prompt = ml_collections.ConfigDict(dict(history=2, think=True, list_admissible=True, system=""))
 
   c.sampling = ml_collections.ConfigDict(dict(
       temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=512, max_prompt_len=2048, eval_temperature=0.4))

@@ -11,6 +11,7 @@ from paw_jax.envs.base import TextEnv
 class PromptConfig:
   history: int = 2  # last K (observation, action) pairs; -1 = the full history (search-QA)
   think: bool = True  # ask for <think>...</think> before the action
+  list_admissible: bool = True  # False when the task text already names every action (short prompts)
   system: str | None = None  # an optional system message
   obs_header: str = "\nObservation: "  # PaW: fixed header before the appended next observation
 
@@ -29,13 +30,15 @@ def render_turn(env_cls: type[TextEnv], cfg: PromptConfig, task: str, step: int,
   """The user message of turn `step` (0-based); `history` holds every earlier (observation, action) pair."""
   kept = history if cfg.history < 0 else history[len(history) - cfg.history:] if cfg.history else []
   parts = [task.strip()]
-  if step:
+  if step and not kept:
+    parts.append(f"Prior to this step, you have already taken {step} step(s).")
+  elif step:
     past = "\n".join(f"[Observation {step - len(kept) + i + 1}: {obs.strip()}]\n[Action {step - len(kept) + i + 1}: "
                      f"{action}]" for i, (obs, action) in enumerate(kept))
     parts.append(f"Prior to this step, you have already taken {step} step(s). Below are the most recent "
                  f"{len(kept)} observations and the corresponding actions you took:\n{past}")
   parts.append(f"You are now at step {step + 1} and your current observation is:\n{observation.strip()}")
-  admissible_text = env_cls.format_admissible(admissible)
+  admissible_text = env_cls.format_admissible(admissible) if cfg.list_admissible else ""
   if admissible_text:
     parts.append(admissible_text)
   parts.append(format_instruction(env_cls, cfg.think))

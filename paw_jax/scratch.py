@@ -40,7 +40,7 @@ def reply_text(env_cls: type[TextEnv], action: str) -> str:
 def train_env_tokenizer(env: TextEnv, prompt_cfg: PromptConfig, vocab_size: int, episodes: int,
                         seed: int) -> Tokenizer:
   """A byte-level BPE trained on rendered prompts, replies and observations of random play."""
-  texts = []
+  texts = ["system", "user", "assistant"] * 64  # the chat template's role names: one token each
   for task_text, step, history, observation, admissible, action in random_play(env, "train", episodes, seed):
     texts.append(render_turn(type(env), prompt_cfg, task_text, step, history, observation, admissible))
     texts.append(reply_text(type(env), action))

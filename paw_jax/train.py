@@ -93,7 +93,8 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   prompt_cfg = PromptConfig(history=config.prompt.history, think=config.prompt.think,
-                            system=config.prompt.system or None, obs_header=config.batch.obs_header)
+                            list_admissible=config.prompt.list_admissible, system=config.prompt.system or None,
+                            obs_header=config.batch.obs_header)
   tokenizer = load_tokenizer(config, workdir, prompt_cfg)
   model = load_model(config, tokenizer, mesh)
   graphdef, params = nnx.split(model)

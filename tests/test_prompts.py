@@ -1,0 +1,33 @@
+"""Turn prompts against hand-written expected text (the paper's structure)."""
+from paw_jax.envs.frozenlake import FrozenLakeEnv
+from paw_jax.envs.search_qa import SearchQAEnv
+from paw_jax.prompts import PromptConfig, render_turn
+
+HISTORY = [("obs one", "left"), ("obs two", "up"), ("obs three", "down")]
+
+
+def test_last_k_pairs_step_count_admissible_and_think_instruction():
+  text = render_turn(FrozenLakeEnv, PromptConfig(history=2), "Reach the goal.", 3, HISTORY, "grid now", ["up", "down"])
+  assert text == (
+      "Reach the goal.\n\n"
+      "Prior to this step, you have already taken 3 step(s). Below are the most recent 2 observations and the "
+      "corresponding actions you took:\n"
+      "[Observation 2: obs two]\n[Action 2: up]\n[Observation 3: obs three]\n[Action 3: down]\n\n"
+      "You are now at step 4 and your current observation is:\ngrid now\n\n"
+      "Your admissible actions of the current situation are:\n'up'\n'down'\n\n"
+      "You should first reason step-by-step about the current situation. This reasoning process MUST be enclosed "
+      "within <think> </think> tags. Once you've finished your reasoning, you should choose an action for the "
+      "current step and present it within <action> </action> tags.")
+
+
+def test_no_history_first_step_and_free_form_env_tags():
+  first = render_turn(FrozenLakeEnv, PromptConfig(history=0, think=False, list_admissible=False), "T.", 0, [],
+                      "start", ["up"])
+  assert first == ("T.\n\nYou are now at step 1 and your current observation is:\nstart\n\n"
+                   "Reply with your action for the current step enclosed within <action> </action> tags, "
+                   "and nothing else.")
+  later = render_turn(FrozenLakeEnv, PromptConfig(history=0, think=False), "T.", 2, HISTORY[:2], "o", None)
+  assert "Prior to this step, you have already taken 2 step(s).\n\nYou are now at step 3" in later
+  full = render_turn(SearchQAEnv, PromptConfig(history=-1), "Q?", 3, HISTORY, "info", None)
+  assert "[Observation 1: obs one]" in full and "<search> </search> or <answer> </answer>" in full
+  assert "admissible" not in full
