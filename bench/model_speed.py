@@ -70,7 +70,7 @@ def jax_rows(model, batch, prompt_len, new_tokens, train_len):
 def torch_rows(hf_model, batch, prompt_len, new_tokens, train_len, vocab):
   prompt = torch.tensor(np.random.RandomState(0).randint(0, vocab, (batch, prompt_len)))
   with torch.no_grad():
-    prefill_s = best_of(lambda: hf_model(prompt, use_cache=True))
+    prefill_s = best_of(lambda: hf_model(prompt, use_cache=True, logits_to_keep=1))  # as JAX: last logits only
     total_s = best_of(lambda: hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
                                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                                 pad_token_id=0, top_k=0))

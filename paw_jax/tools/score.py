@@ -11,9 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paw_jax.models import hf_io
-from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import positions_from_mask
+from paw_jax.tools.generate import load_model_and_tokenizer
 
 
 def token_logprobs(model, token_ids: list[int]) -> np.ndarray:
@@ -31,8 +30,7 @@ def main(argv=None) -> None:
   parser.add_argument("--text", required=True)
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  model = hf_io.load_model(args.model)
-  tokenizer = Tokenizer.load(args.model)
+  model, tokenizer = load_model_and_tokenizer(args.model, "score")
   token_ids = tokenizer.encode(args.text, add_special_tokens=True)
   if len(token_ids) < 1:
     raise SystemExit("score: --text encodes to no tokens")
