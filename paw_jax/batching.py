@@ -38,8 +38,8 @@ def observation_ids(tokenizer: Tokenizer, observation: str, cfg: BatchConfig) ->
 def pack_rows(turns: Sequence[Turn], tokenizer: Tokenizer, cfg: BatchConfig) -> dict[str, np.ndarray]:
   """Right-padded rows; the row count is padded to a multiple of `micro_batch` with empty rows (all masks 0)."""
   rows = []
+  header_len = len(tokenizer.encode(cfg.obs_header))
   for turn in turns:
-    header_len = len(tokenizer.encode(cfg.obs_header))
     obs = observation_ids(tokenizer, turn.next_observation, cfg)
     room = cfg.max_len - len(turn.prompt_ids) - len(turn.response_ids)
     if room < 0:
