@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.updates = 150
   c.train.format_warmup_steps = 0  # SFT steps on random admissible actions (format only; no task signal)
+  c.train.format_warmup_lr = 1e-3  # its own rate: the RL rate is often far too small to learn a format
   c.train.eval_every = 10
   c.train.eval_episodes = 128
   c.train.checkpoint_every = 5

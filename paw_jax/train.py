@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -31,7 +30,7 @@ from paw_jax.models.config import ModelConfig
 from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import Decoder
 from paw_jax.prompts import PromptConfig
-from paw_jax.rollout import Episode, Turn, episode_metrics, run_episodes
+from paw_jax.rollout import episode_metrics, run_episodes
 from paw_jax.sampling import Sampler, SamplingConfig
 from paw_jax.scratch import format_warmup_turns, train_env_tokenizer
 from paw_jax.train_step import OptimConfig, TrainState, init_state, jit_logprobs, jit_update, make_optimizer, rl_loss, \
@@ -40,7 +39,7 @@ from paw_jax.train_step import OptimConfig, TrainState, init_state, jit_logprobs
 
 def _dataclass_from(cls, config: ml_collections.ConfigDict, **extra):
   fields = {f.name for f in dataclasses.fields(cls)}
-  return cls(**{k: v for k, v in config.to_dict().items() if k in fields}, **extra)
+  return cls(**{**{k: v for k, v in config.to_dict().items() if k in fields}, **extra})
 
 
 @dataclasses.dataclass
@@ -145,7 +144,8 @@ def format_warmup(run: Run, steps: int) -> None:
   turns = format_warmup_turns(env, run.tokenizer, run.prompt_cfg, episodes=64, seed=run.config.seed + 1)
   env.close()
   batch = pack_rows(turns, run.tokenizer, run.batch_cfg)
-  update = jit_update(run.graphdef, make_optimizer(_dataclass_from(OptimConfig, run.config.optim)), sft_loss)
+  warmup_optim = _dataclass_from(OptimConfig, run.config.optim, learning_rate=run.config.train.format_warmup_lr)
+  update = jit_update(run.graphdef, make_optimizer(warmup_optim), sft_loss)
   rng = np.random.default_rng(run.config.seed)
   mb = run.batch_cfg.micro_batch * 2  # small steps: the format is simple, many updates learn it fastest
   bar = progress(steps, desc="format warm-up")
@@ -155,7 +155,9 @@ def format_warmup(run: Run, steps: int) -> None:
     run.state, metrics = update(run.state, minibatch)
     bar.update()
   bar.close()
-  run.state = dataclasses.replace(run.state, step=jnp.zeros((), jnp.int32))
+  # RL starts from the warmed-up policy: fresh optimizer state, and that policy as the KL reference.
+  run.state = init_state(run.state.params, make_optimizer(_dataclass_from(OptimConfig, run.config.optim)),
+                         with_ref=run.state.ref_params is not None)
   print(f"format warm-up: {steps} steps, final NLL {float(metrics['sft/nll']):.3f}", flush=True)
 
 

@@ -5,7 +5,6 @@ import hashlib
 import json
 import random
 import re
-import shutil
 import sys
 from pathlib import Path
 

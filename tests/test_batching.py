@@ -15,7 +15,6 @@ from paw_jax.batching import BatchConfig, build_batch, micro_batches, pack_rows
 from paw_jax.envs import make
 from paw_jax.envs.base import Task
 from paw_jax.envs.pool import EnvPool
-from paw_jax.models import hf_io
 from paw_jax.models.config import ModelConfig
 from paw_jax.models.transformer import Decoder
 from paw_jax.prompts import PromptConfig

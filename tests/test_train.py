@@ -5,7 +5,6 @@ import pathlib
 import sys
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs.default import get_config  # noqa: E402
