@@ -126,7 +126,8 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array, p
   logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
 
   def record(carry, logits_BxV, step):
-    rng, done_B, stop_state_B, out = carry[0], carry[1], carry[2], carry[3]
+    """Samples this step's token and writes it (masked once a row is done); carry = (rng, done, stop state, out)."""
+    rng, done_B, stop_state_B, out = carry
     rng, step_rng = jax.random.split(rng)
     token_B = sample_logits(step_rng, logits_BxV, cfg)
     logprob_B, entropy_B = token_logprob_entropy(logits_BxV, token_B, cfg.temperature)

@@ -207,17 +207,17 @@ def fill_logprobs(run: Run, batch: dict[str, np.ndarray], logprob_fn) -> None:
   if not need_old and run.state.ref_params is None:
     return
   micro = run.batch_cfg.micro_batch
-  old, ref = [], []
+  old, ref = [], []  # device arrays: dispatched back to back, fetched once below
   for start in range(0, len(batch["valid_B"]), micro):
     tokens, mask = batch["tokens_BxT"][start:start + micro], batch["mask_BxT"][start:start + micro]
     if need_old:
-      old.append(np.asarray(logprob_fn(run.state.params, tokens, mask)))
+      old.append(logprob_fn(run.state.params, tokens, mask))
     if run.state.ref_params is not None:
-      ref.append(np.asarray(logprob_fn(run.state.ref_params, tokens, mask)))
+      ref.append(logprob_fn(run.state.ref_params, tokens, mask))
+  old, ref = jax.device_get((old, ref))
   if need_old:
     batch["old_logp_BxT"] = np.concatenate(old).astype(np.float32)
   batch["ref_logp_BxT"] = np.concatenate(ref).astype(np.float32) if ref else np.zeros_like(batch["old_logp_BxT"])
-
 
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Runs (or resumes) training; returns the last evaluation's metrics."""

@@ -18,7 +18,9 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.flax import save_file
 
+from paw_jax.models.assets import resolve_model_path
 from paw_jax.models.config import ModelConfig
+from paw_jax.models.gguf_io import read_gguf
 from paw_jax.models.transformer import Decoder, layer_param_specs
 
 # Our per-layer name -> (HF key below `model.layers.{i}.`, number of input dims for a Linear weight; None: no transpose).
@@ -156,10 +158,8 @@ class _SafetensorsDir:
 
 def load_checkpoint(path: str | pathlib.Path, **cfg_overrides) -> tuple[ModelConfig, dict[str, Any]]:
   """(config, numpy params) from a HF directory or a .gguf file; `cfg_overrides` set dtypes, remat, scan."""
-  from paw_jax.models.assets import resolve_model_path  # local: assets pulls in package lookups
   path = resolve_model_path(str(path))
   if path.suffix == ".gguf":
-    from paw_jax.models.gguf_io import read_gguf
     hf_config, tensors = read_gguf(path)
   else:
     hf_config, tensors = read_config(path), _SafetensorsDir(path)
