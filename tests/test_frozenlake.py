@@ -11,10 +11,10 @@ from paw_jax.envs import EnvError, Task
 from paw_jax.envs.frozenlake import FrozenLakeEnv, Lake, solve
 
 SEED_0_TRAIN = """You are at the start.
-PO__
-___O
-_O__
-___G"""
+P O _ _
+_ _ _ O
+_ O _ _
+_ _ _ G"""
 
 
 class FixedLakeEnv(FrozenLakeEnv):
@@ -75,13 +75,13 @@ def test_solver_on_a_hand_made_map():
 
 def test_edge_hole_and_goal():
   env = FixedLakeEnv("P_\nOG")
-  assert env.reset(Task())[0] == "You are at the start.\nP_\nOG"
+  assert env.reset(Task())[0] == "You are at the start.\nP _\nO G"
   assert step(env, "up") == (
-      "You went up. You hit the edge of the lake and stay where you are.\nP_\nOG", 0.0, False, False)
-  assert step(env, "down") == ("You went down. You fell into a hole. Game over.\n__\nPG", 0.0, True, False)
+      "You went up. You hit the edge of the lake and stay where you are.\nP _\nO G", 0.0, False, False)
+  assert step(env, "down") == ("You went down. You fell into a hole. Game over.\n_ _\nP G", 0.0, True, False)
   env.reset(Task())
-  assert step(env, "right") == ("You went right.\n_P\nOG", 0.0, False, False)
-  assert step(env, "down") == ("You went down. You reached the goal!\n__\nOP", 10.0, True, True)
+  assert step(env, "right") == ("You went right.\n_ P\nO G", 0.0, False, False)
+  assert step(env, "down") == ("You went down. You reached the goal!\n_ _\nO P", 10.0, True, True)
 
 
 def test_truncation_with_valid_moves():

@@ -10,12 +10,12 @@ from paw_jax.envs import EnvError, Task
 from paw_jax.envs.sokoban import Level, SokobanEnv, generate_level, solve, task_rng
 
 SEED_0_TRAIN = """A new puzzle.
-######
-##___#
-#__X_#
-#_O_P#
-#_##_#
-######"""
+# # # # # #
+# # _ _ _ #
+# _ _ X _ #
+# _ O _ P #
+# _ # # _ #
+# # # # # #"""
 CORRIDOR = """
 #######
 #P_X_O#
@@ -90,14 +90,14 @@ def test_generated_levels_need_min_to_max_moves(num_boxes: int):
 def test_moves_pushes_and_win():
   env = FixedLevelEnv(CORRIDOR)
   observation, _ = env.reset(Task())
-  assert observation == "A new puzzle.\n#######\n#P_X_O#\n#######"
+  assert observation == "A new puzzle.\n# # # # # # #\n# P _ X _ O #\n# # # # # # #"
   assert play(env, ["up", "left", "right", "right"]) == [
       ("You cannot move up.", 0.0, False), ("You cannot move left.", 0.0, False),
       ("You moved right.", 0.0, False), ("You pushed a box right.", 0.0, False)]
-  assert env.level.render() == "#######\n#__PXO#\n#######"
+  assert env.level.render() == "# # # # # # #\n# _ _ P X O #\n# # # # # # #"
   result = env.step("<action>right</action>")
   assert (result.observation, result.reward, result.done, result.info["won"]) == (
-      "Every box is on a target. You solved the puzzle!\n#######\n#___P√#\n#######", 10.0, True, True)
+      "Every box is on a target. You solved the puzzle!\n# # # # # # #\n# _ _ _ P √ #\n# # # # # # #", 10.0, True, True)
 
 
 def test_shaping_rewards_each_box_placed_and_r_max_for_the_last():

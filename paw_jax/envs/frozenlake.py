@@ -14,7 +14,7 @@ import random
 from typing import Any
 
 from paw_jax.envs.base import Action, EnvError, Task, TextEnv
-from paw_jax.envs.sokoban import MOVES, bfs, task_rng  # grid helpers shared by the grid envs
+from paw_jax.envs.sokoban import MOVES, bfs, grid_rows, grid_text, task_rng  # grid helpers shared by the grid envs
 
 PLAYER, FROZEN, HOLE, GOAL = "P", "_", "O", "G"
 LEGEND = f"{PLAYER} player, {FROZEN} frozen ice, {HOLE} hole, {GOAL} goal"
@@ -53,12 +53,12 @@ class Lake:
     row, col = divmod(player, self.size)
     rows = list(self.rows)
     rows[row] = rows[row][:col] + PLAYER + rows[row][col + 1:]
-    return "\n".join(rows)
+    return grid_text(rows)
 
   @classmethod
   def parse(cls, text: str) -> Lake:
     """The inverse of `render` at the start position (hand-made maps in tests)."""
-    rows = text.strip().split("\n")
+    rows = grid_rows(text)
     flat = "".join(rows)
     if any(len(row) != len(rows) for row in rows) or sorted(flat.count(s) for s in PLAYER + GOAL) != [1, 1] or \
         set(flat) - set(PLAYER + FROZEN + HOLE + GOAL):

@@ -36,6 +36,17 @@ def task_rng(stream: str, task: Task) -> random.Random:
   return random.Random(f"{stream}/{task.split}/{task.seed}")
 
 
+def grid_text(rows: Iterable[str]) -> str:
+  """Grid rows as text, cells separated by a space: a BPE tokenizer then keeps one token per cell (a run such as
+  `__O` would merge into one token whose cells a model must learn to tell apart)."""
+  return "\n".join(" ".join(row) for row in rows)
+
+
+def grid_rows(text: str) -> list[str]:
+  """The inverse of `grid_text` (also accepts rows written without the spaces)."""
+  return [row.replace(" ", "") for row in text.strip().split("\n")]
+
+
 def bfs(start: State, successors: Callable[[State], Iterable[tuple[str, State]]],
         is_goal: Callable[[State], bool]) -> list[str] | None:
   """The shortest action sequence from `start` to a goal state, or None when no goal is reachable."""
@@ -80,13 +91,13 @@ class Level:
       if cell in self.boxes:
         return BOX_ON_TARGET if on_target else BOX
       return TARGET if on_target else FLOOR
-    return "\n".join("".join(symbol(row * self.width + col) for col in range(self.width))
+    return grid_text("".join(symbol(row * self.width + col) for col in range(self.width))
                      for row in range(self.height))
 
   @classmethod
   def parse(cls, text: str) -> Level:
     """The inverse of `render` (hand-made levels in tests)."""
-    rows = text.strip().split("\n")
+    rows = grid_rows(text)
     width, height, flat = len(rows[0]), len(rows), "".join(rows)
     if any(len(row) != width for row in rows) or set(flat) - set(WALL + FLOOR + TARGET + BOX + BOX_ON_TARGET +
                                                                    PLAYER + PLAYER_ON_TARGET):
