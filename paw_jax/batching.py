@@ -9,7 +9,7 @@ over the whole update pool; the jitted step then only sees per-row numbers.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from paw_jax.sampling import power_of_two_buckets
 @dataclasses.dataclass(frozen=True)
 class BatchConfig:
   max_len: int = 1024  # row length bucket cap: prompt + response + observation
+  with_observation: bool = True  # append o_{t+1} (PaW's WM target); without PaW rows end at the response
   max_obs_tokens: int = 256  # PaW: o_{t+1} is truncated to this many tokens
   obs_header: str = "\nObservation: "
   micro_batch: int = 8  # rows per micro-batch (gradient accumulation inside the jitted step)
@@ -30,7 +31,7 @@ class BatchConfig:
 
 def observation_ids(tokenizer: Tokenizer, observation: str, cfg: BatchConfig) -> list[int]:
   """Header + o_{t+1} tokens, truncated to `max_obs_tokens` observation tokens; [] for an empty observation."""
-  if not observation.strip():
+  if not cfg.with_observation or not observation.strip():
     return []
   return tokenizer.encode(cfg.obs_header) + tokenizer.encode(observation)[:cfg.max_obs_tokens]
 
@@ -85,10 +86,15 @@ def trajectories(turns: Sequence[Turn], values_B: np.ndarray | None = None) -> T
 
 def build_batch(turns: Sequence[Turn], episodes: Sequence[Episode], tokenizer: Tokenizer, cfg: BatchConfig,
                 advantage: str, advantage_cfg: AdvantageConfig, paw: PawConfig | None, r_max: float,
-                values_B: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-  """The update's rows with `advantage_B` (and `return_B` for GAE) and `wm_weight_B` (zeros without PaW)."""
+                values_fn: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+                ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """The update's rows with `advantage_B` (and, for GAE, `return_B` and the critic's `old_value_B`) and
+  `wm_weight_B` (zeros without PaW). `values_fn(rows) -> value_B`: the critic, needed by GAE."""
   batch = pack_rows(turns, tokenizer, cfg)
   num_rows, n = len(batch["valid_B"]), len(turns)
+  if values_fn is not None:
+    batch["old_value_B"] = np.where(batch["valid_B"], values_fn(batch), 0.0).astype(np.float32)
+  values_B = batch["old_value_B"][:n] if values_fn is not None else None
   result = compute_advantages(advantage, trajectories(turns, values_B), advantage_cfg)
   batch["advantage_B"] = np.zeros(num_rows, np.float32)
   batch["advantage_B"][:n] = result.advantage_B

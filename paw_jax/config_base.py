@@ -62,12 +62,17 @@ def base_config() -> ml_collections.ConfigDict:
       learning_rate=1e-6, warmup_steps=0, decay_steps=0, final_lr_fraction=0.1, weight_decay=0.01, b1=0.9,
       b2=0.999, grad_clip=1.0))
 
+  c.critic = ml_collections.ConfigDict(dict(  # PPO (algo.advantage='gae') only; the rest of its optimizer is c.optim
+      learning_rate=1e-5, value_clip=0.5))
+
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   c.train = ml_collections.ConfigDict()
   c.train.updates = 150
-  c.train.format_warmup_steps = 0  # SFT steps on random admissible actions (format only; no task signal)
+  c.train.format_warmup_steps = 0  # SFT steps on random play (format and dynamics only; no task signal)
   c.train.format_warmup_lr = 1e-3  # its own rate: the RL rate is often far too small to learn a format
+  c.train.format_warmup_episodes = 64  # random-play episodes whose turns are the warm-up rows
+  c.train.format_warmup_wm_coef = 0.0  # weight of the next-observation CE (world-model warm-up); 0 = format only
   c.train.eval_every = 10
   c.train.eval_episodes = 128
   c.train.checkpoint_every = 5

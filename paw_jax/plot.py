@@ -92,7 +92,7 @@ def panels_with_data(records: Sequence[Mapping[str, Any]]) -> list[tuple[Panel, 
 
 def _style(ax, title: str, ylabel: str, unit_interval: bool) -> None:
   ax.set_title(title, fontsize=10)
-  ax.set_xlabel("step")
+  ax.set_xlabel("update")
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   if unit_interval:

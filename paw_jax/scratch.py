@@ -1,7 +1,8 @@
-"""What a from-scratch model needs before RL: a tokenizer trained on the env's own text, and format warm-up rows.
+"""What a from-scratch model needs before RL: a tokenizer trained on the env's own text, and warm-up rows.
 
 Both come from random play (uniform over admissible actions), so neither carries any signal about which action is
-good: the warm-up teaches only the reply format `<action>...</action>` + end of turn.
+good: the warm-up teaches the reply format `<action>...</action>` + end of turn and, through the appended next
+observation, the env's dynamics (how an action changes what the model sees), never which action wins.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from paw_jax.rollout import Turn
 
 
 def random_play(env: TextEnv, split: str, episodes: int, seed: int):
-  """Yields (task_text, step, history, observation, admissible, action) for every turn of random episodes."""
+  """Yields (task_text, step, history, observation, admissible, action, next_observation) for every turn of random
+  episodes."""
   rng = random.Random(seed)
   for episode in range(episodes):
     observation, info = env.reset(Task(split, seed * 100_003 + episode))
@@ -25,8 +27,8 @@ def random_play(env: TextEnv, split: str, episodes: int, seed: int):
       if not admissible:
         break
       action = rng.choice(admissible)
-      yield task_text, step, list(history), observation, admissible, action
       result = env.step(f"<{env.action_tags[0]}>{action}</{env.action_tags[0]}>")
+      yield task_text, step, list(history), observation, admissible, action, result.observation
       history.append((observation, action))
       observation, admissible = result.observation, result.info.get("admissible_actions")
       if result.done:
@@ -41,22 +43,21 @@ def train_env_tokenizer(env: TextEnv, prompt_cfg: PromptConfig, vocab_size: int,
                         seed: int) -> Tokenizer:
   """A byte-level BPE trained on rendered prompts, replies and observations of random play."""
   texts = ["system", "user", "assistant"] * 64  # the chat template's role names: one token each
-  for task_text, step, history, observation, admissible, action in random_play(env, "train", episodes, seed):
+  for task_text, step, history, observation, admissible, action, _ in random_play(env, "train", episodes, seed):
     texts.append(render_turn(type(env), prompt_cfg, task_text, step, history, observation, admissible))
     texts.append(reply_text(type(env), action))
     texts.append(observation)
   return Tokenizer.train_bpe(texts, vocab_size=vocab_size)
 
 
-def format_warmup_turns(env: TextEnv, tokenizer: Tokenizer, prompt_cfg: PromptConfig, episodes: int,
-                        seed: int) -> list[Turn]:
-  """(prompt, random admissible action + end of turn) rows, with the next observation for the WM header/target."""
+def warmup_turns(env: TextEnv, tokenizer: Tokenizer, prompt_cfg: PromptConfig, episodes: int, seed: int) -> list[Turn]:
+  """(prompt, random admissible action + end of turn, next observation) rows."""
   turns = []
   plays = list(random_play(env, "train", episodes, seed))
-  for i, (task_text, step, history, observation, admissible, action) in enumerate(plays):
+  for i, (task_text, step, history, observation, admissible, action, next_observation) in enumerate(plays):
     text = render_turn(type(env), prompt_cfg, task_text, step, history, observation, admissible)
     prompt_ids = tokenizer.encode_chat(chat_messages(prompt_cfg, text), add_generation_prompt=True)
     response = np.asarray(tokenizer.encode(reply_text(type(env), action)) + [tokenizer.eos_token_id], np.int32)
     zeros = np.zeros(len(response), np.float32)
-    turns.append(Turn(0, i, 0, prompt_ids, response, zeros, zeros, observation, "", 0.0, True, False, 0))
+    turns.append(Turn(0, i, 0, prompt_ids, response, zeros, zeros, observation, next_observation, 0.0, True, False, 0))
   return turns

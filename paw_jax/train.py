@@ -21,10 +21,11 @@ from paw_jax.algos.losses import LossConfig
 from paw_jax.algos.paw import PawConfig
 from paw_jax.batching import BatchConfig, build_batch, micro_batches, pack_rows
 from paw_jax.checkpoint import Checkpointer
+from paw_jax.critic import critic_from_policy, critic_loss, jit_values
 from paw_jax.envs import env_class, make
 from paw_jax.envs.base import Task
 from paw_jax.envs.pool import EnvPool
-from paw_jax.metrics import MetricsWriter, progress
+from paw_jax.metrics import METRICS_FILE, MetricsWriter, progress, read_metrics
 from paw_jax.models import hf_io
 from paw_jax.models.config import ModelConfig
 from paw_jax.models.tokenizer import Tokenizer
@@ -32,7 +33,7 @@ from paw_jax.models.transformer import Decoder
 from paw_jax.prompts import PromptConfig
 from paw_jax.rollout import episode_metrics, run_episodes
 from paw_jax.sampling import Sampler, SamplingConfig
-from paw_jax.scratch import format_warmup_turns, train_env_tokenizer
+from paw_jax.scratch import train_env_tokenizer, warmup_turns
 from paw_jax.train_step import OptimConfig, TrainState, init_state, jit_logprobs, jit_update, make_optimizer, rl_loss, \
     sft_loss
 
@@ -56,6 +57,12 @@ class Run:
   loss_cfg: LossConfig
   paw_cfg: PawConfig | None
   env_cls: type
+  critic_graphdef: nnx.GraphDef | None = None  # PPO (algo.advantage='gae') only
+  critic: TrainState | None = None
+
+  def train_states(self) -> dict[str, TrainState]:
+    """What a checkpoint holds: the policy's state and, for PPO, the critic's."""
+    return {"policy": self.state, **({"critic": self.critic} if self.critic is not None else {})}
 
 
 def load_tokenizer(config, workdir: pathlib.Path, prompt_cfg: PromptConfig) -> Tokenizer:
@@ -106,7 +113,8 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
                     vocab_size=model.cfg.vocab_size)
   paw_cfg = _dataclass_from(PawConfig, config.paw) if config.paw.enabled else None
   return Run(config, workdir, tokenizer, graphdef, state, sampler, prompt_cfg,
-             _dataclass_from(BatchConfig, config.batch), loss_cfg, paw_cfg, env_class(config.env.name))
+             _dataclass_from(BatchConfig, config.batch, with_observation=config.paw.enabled), loss_cfg, paw_cfg,
+             env_class(config.env.name))
 
 
 def sampling_config(config, eval_mode: bool) -> SamplingConfig:
@@ -124,14 +132,14 @@ def mini_batches(batch: dict[str, np.ndarray], mini_batch: int, micro_batch: int
     yield micro_batches({k: v[start:start + mini_batch] for k, v in full.items()}, micro_batch)
 
 
-def reduce_update_metrics(step_metrics: list[dict[str, Any]]) -> dict[str, float]:
+def reduce_update_metrics(step_metrics: list[dict[str, Any]], prefix: str = "train") -> dict[str, float]:
   """Host reduction: token means are averaged over mini-batches; WM sums become ratios."""
   if not step_metrics:
     return {}
   summed = {k: float(sum(np.asarray(m[k]) for m in step_metrics)) for k in step_metrics[0]}
   n = len(step_metrics)
-  out = {f"train/{k}": v / n for k, v in summed.items() if not k.startswith("wm/")}
-  out["train/skipped"] = summed["skipped"]
+  out = {f"{prefix}/{k}": v / n for k, v in summed.items() if not k.startswith("wm/")}
+  out[f"{prefix}/skipped"] = summed["skipped"]
   if "wm/rows" in summed:
     out["paw/wm_loss"] = summed["wm/loss_sum"] / max(summed["wm/rows"], 1)
     out["paw/clipped_ratio"] = summed["wm/clipped_tokens"] / max(summed["wm/obs_tokens"], 1)
@@ -139,15 +147,19 @@ def reduce_update_metrics(step_metrics: list[dict[str, Any]]) -> dict[str, float
 
 
 def format_warmup(run: Run, steps: int) -> None:
-  """SFT on random admissible actions: teaches a from-scratch model the reply format (no task signal)."""
+  """SFT on random play: the reply format and, with `format_warmup_wm_coef`, the env's dynamics (CE on the next
+  observation). Random actions carry no task signal: which action wins is left to RL."""
+  t = run.config.train
   env = make(run.config.env.name, **run.config.env.kwargs.to_dict())
-  turns = format_warmup_turns(env, run.tokenizer, run.prompt_cfg, episodes=64, seed=run.config.seed + 1)
+  turns = warmup_turns(env, run.tokenizer, run.prompt_cfg, t.format_warmup_episodes, seed=run.config.seed + 1)
   env.close()
-  batch = pack_rows(turns, run.tokenizer, run.batch_cfg)
-  warmup_optim = _dataclass_from(OptimConfig, run.config.optim, learning_rate=run.config.train.format_warmup_lr)
-  update = jit_update(run.graphdef, make_optimizer(warmup_optim), sft_loss)
-  rng = np.random.default_rng(run.config.seed)
   mb = run.batch_cfg.micro_batch * 2  # small steps: the format is simple, many updates learn it fastest
+  batch = pack_rows(turns, run.tokenizer,
+                    dataclasses.replace(run.batch_cfg, with_observation=bool(t.format_warmup_wm_coef)))
+  batch["wm_weight_B"] = batch["valid_B"] * np.float32(t.format_warmup_wm_coef / mb)  # mean CE of a row
+  warmup_optim = _dataclass_from(OptimConfig, run.config.optim, learning_rate=t.format_warmup_lr)
+  update = jit_update(run.graphdef, make_optimizer(warmup_optim), sft_loss("ce" if t.format_warmup_wm_coef else None))
+  rng = np.random.default_rng(run.config.seed)
   bar = progress(steps, desc="format warm-up")
   for _ in range(steps):
     rows = rng.choice(len(turns), size=min(mb, len(turns)), replace=False)
@@ -158,7 +170,21 @@ def format_warmup(run: Run, steps: int) -> None:
   # RL starts from the warmed-up policy: fresh optimizer state, and that policy as the KL reference.
   run.state = init_state(run.state.params, make_optimizer(_dataclass_from(OptimConfig, run.config.optim)),
                          with_ref=run.state.ref_params is not None)
-  print(f"format warm-up: {steps} steps, final NLL {float(metrics['sft/nll']):.3f}", flush=True)
+  wm = f", next-observation CE {float(metrics['sft/wm']) / t.format_warmup_wm_coef:.3f}" if "sft/wm" in metrics else ""
+  print(f"format warm-up: {steps} steps, final action NLL {float(metrics['sft/nll']):.3f}{wm}", flush=True)
+
+
+def init_critic(run: Run) -> None:
+  """PPO's critic from the current policy (after any warm-up), with its own optimizer and learning rate."""
+  critic = critic_from_policy(nnx.merge(run.graphdef, run.state.params))
+  run.critic_graphdef, params = nnx.split(critic)
+  mesh = sharding.make_mesh(**run.config.mesh.to_dict())
+  nnx.replace_by_pure_dict(params, jax.device_put(nnx.to_pure_dict(params), sharding.param_shardings(critic, mesh)))
+  run.critic = init_state(params, make_optimizer(critic_optim(run.config)), with_ref=False)
+
+
+def critic_optim(config) -> OptimConfig:
+  return _dataclass_from(OptimConfig, config.optim, learning_rate=config.critic.learning_rate)
 
 
 def evaluate(run: Run, pool: EnvPool) -> dict[str, float]:
@@ -171,7 +197,11 @@ def evaluate(run: Run, pool: EnvPool) -> dict[str, float]:
   return episode_metrics(episodes, "eval")
 
 
-def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn) -> dict[str, float]:
+def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn, critic_fns=None) -> dict[str, float]:
+  """One update: rollouts, the batch, then a policy step (and a critic step for PPO) per mini-batch.
+
+  `critic_fns`: (jitted critic update, jitted critic values) for PPO, else None.
+  """
   c = run.config
   timings: dict[str, float] = {}
   rng = jax.random.fold_in(jax.random.key(c.seed), update_index)
@@ -184,21 +214,35 @@ def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn)
   timings["time/sample"], timings["time/env"] = stats.sample_s, stats.env_s
   start = time.perf_counter()
   adv_cfg = _dataclass_from(AdvantageConfig, c.algo.adv)
+  values_fn = (lambda rows: critic_values(run, rows, critic_fns[1])) if critic_fns else None
   batch, paw_metrics = build_batch(turns, episodes, run.tokenizer, run.batch_cfg, c.algo.advantage, adv_cfg,
-                                   run.paw_cfg, run.env_cls.r_max)
+                                   run.paw_cfg, run.env_cls.r_max, values_fn)
   fill_logprobs(run, batch, logprob_fn)
   # Each mini-batch is its own optimizer step with a full token-mean L_RL, while the PaW weights sum over the whole
   # update; scaling by the mini-batch count keeps Eq. 11's RL : WM balance in every step.
   batch["wm_weight_B"] = batch["wm_weight_B"] * -(-len(batch["valid_B"]) // c.batch.mini_batch)
-  step_metrics = []
+  step_metrics, critic_metrics = [], []
   for _ in range(c.algo.epochs):
     for minibatch in mini_batches(batch, c.batch.mini_batch, c.batch.micro_batch):
       run.state, metrics = update_fn(run.state, minibatch)
       step_metrics.append(metrics)
-  step_metrics = jax.device_get(step_metrics)
+      if critic_fns:
+        run.critic, metrics = critic_fns[0](run.critic, minibatch)
+        critic_metrics.append(metrics)
+  step_metrics, critic_metrics = jax.device_get((step_metrics, critic_metrics))
   timings["time/train"] = time.perf_counter() - start
-  return {**episode_metrics(episodes, "rollout"), **reduce_update_metrics(step_metrics), **paw_metrics, **timings,
+  return {**episode_metrics(episodes, "rollout"), **reduce_update_metrics(step_metrics),
+          **reduce_update_metrics(critic_metrics, "critic"), **paw_metrics, **timings,
           "rollout/response_tokens": stats.response_tokens / max(stats.turns, 1), "rollout/rows": float(len(turns))}
+
+
+def critic_values(run: Run, batch: dict[str, np.ndarray], values_fn) -> np.ndarray:
+  """The critic's value of every row, micro-batch by micro-batch (fetched once)."""
+  micro = run.batch_cfg.micro_batch
+  keys = ("tokens_BxT", "mask_BxT", "action_mask_BxT")
+  chunks = [values_fn(run.critic.params, {k: batch[k][start:start + micro] for k in keys})
+            for start in range(0, len(batch["valid_B"]), micro)]
+  return np.concatenate(jax.device_get(chunks))
 
 
 def fill_logprobs(run: Run, batch: dict[str, np.ndarray], logprob_fn) -> None:
@@ -219,38 +263,49 @@ def fill_logprobs(run: Run, batch: dict[str, np.ndarray], logprob_fn) -> None:
     batch["old_logp_BxT"] = np.concatenate(old).astype(np.float32)
   batch["ref_logp_BxT"] = np.concatenate(ref).astype(np.float32) if ref else np.zeros_like(batch["old_logp_BxT"])
 
+def latest_eval(workdir: pathlib.Path) -> dict[str, float]:
+  evals = [r for r in read_metrics(workdir) if "eval/success" in r] if (workdir / METRICS_FILE).is_file() else []
+  return {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+
+
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Runs (or resumes) training; returns the last evaluation's metrics."""
-  if config.algo.advantage == "gae":
-    raise ValueError("algo.advantage='gae' (PPO) needs a critic, which this trainer does not build yet; "
-                     "use grpo, gigpo or rloo")
   run = build_run(config)
   c = config
-  checkpointer = Checkpointer(run.workdir / "checkpoints", keep=c.train.keep_checkpoints,
+  ppo = c.algo.advantage == "gae"
+  checkpointer = Checkpointer(run.workdir, keep=c.train.keep_checkpoints,
                               save_every=c.train.checkpoint_every)
   writer = MetricsWriter(run.workdir)
   start_update = 0
   if checkpointer.latest_step() is not None:
-    run.state, meta = checkpointer.restore(jax.eval_shape(lambda: run.state))
+    if ppo:
+      init_critic(run)  # its shapes and shardings, restored below
+    states, meta = checkpointer.restore(jax.eval_shape(run.train_states))
+    run.state, run.critic = states["policy"], states.get("critic")
     start_update = int(meta["next_update"])
-    print(f"resumed from {run.workdir / 'checkpoints'} at update {start_update}")
-  elif c.train.format_warmup_steps:
-    format_warmup(run, c.train.format_warmup_steps)
-  update_fn = jit_update(run.graphdef, make_optimizer(_dataclass_from(OptimConfig, c.optim)), *rl_loss(run.loss_cfg))
+    print(f"resumed from {checkpointer.directory} at update {start_update}")
+  else:
+    if c.train.format_warmup_steps:
+      format_warmup(run, c.train.format_warmup_steps)
+    if ppo:
+      init_critic(run)
+  update_fn = jit_update(run.graphdef, make_optimizer(_dataclass_from(OptimConfig, c.optim)), rl_loss(run.loss_cfg))
   logprob_fn = jit_logprobs(run.graphdef)
-  last_eval: dict[str, float] = {}
+  critic_fns = (jit_update(run.critic_graphdef, make_optimizer(critic_optim(c)), critic_loss(c.critic.value_clip)),
+                jit_values(run.critic_graphdef)) if ppo else None
+  last_eval = latest_eval(run.workdir)  # what a run resumed at its last update returns
   pool = EnvPool(c.env.name, c.env.num_envs, c.env.kwargs.to_dict(), step_timeout_s=c.env.step_timeout_s,
                  reset_timeout_s=c.env.reset_timeout_s, in_process=c.env.in_process)
   bar = progress(c.train.updates, initial=start_update, desc="updates")
   with pool:
     for update_index in range(start_update, c.train.updates):
-      metrics = rl_update(run, pool, update_index, update_fn, logprob_fn)
+      metrics = rl_update(run, pool, update_index, update_fn, logprob_fn, critic_fns)
       last = update_index + 1 == c.train.updates
       if (update_index + 1) % c.train.eval_every == 0 or last:
         last_eval = evaluate(run, pool)
         metrics.update(last_eval)
       writer.write(update_index + 1, metrics)
-      checkpointer.save(update_index + 1, run.state, {"next_update": update_index + 1}, force=last)
+      checkpointer.save(update_index + 1, run.train_states(), {"next_update": update_index + 1}, force=last)
       bar.update({k: metrics[k] for k in ("rollout/success", "eval/success") if k in metrics})
   bar.close()
   checkpointer.wait()

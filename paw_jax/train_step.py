@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from paw_jax.algos.losses import LossConfig, entropy_from_logits, total_loss
+from paw_jax.algos.losses import LossConfig, entropy_from_logits, total_loss, wm_term
 
 
 @jax.tree_util.register_dataclass
@@ -76,34 +76,46 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-LossFn = Callable[[jax.Array, jax.Array | None, Mapping[str, jax.Array], jax.Array],
+# (graphdef, params, micro-batch, counts over the whole mini-batch) -> (loss, additive metrics incl. "loss").
+LossFn = Callable[[nnx.GraphDef, Any, Mapping[str, jax.Array], Mapping[str, jax.Array]],
                   tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def rl_loss(loss_cfg: LossConfig) -> tuple[LossFn, bool]:
-  """The policy (+ KL, entropy, WM) loss of `losses.total_loss`, and whether it needs entropies."""
-  def loss_fn(logp_BxT, entropy_BxT, micro, n_action_tokens):
-    return total_loss(logp_BxT, micro, loss_cfg, n_action_tokens, entropy_BxT)
-  return loss_fn, loss_cfg.entropy_coef != 0
+def minibatch_counts(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The denominators of every mean: a micro-batch's loss divides by the whole mini-batch's counts."""
+  return {"action_tokens": batch["action_mask_BxT"].sum(), "rows": batch["valid_B"].sum()}
 
 
-def sft_loss(logp_BxT, entropy_BxT, micro, n_action_tokens):
-  """Next-token NLL on the action tokens (token mean over the mini-batch): the format warm-up."""
-  del entropy_BxT
-  nll = -jnp.sum(jnp.where(micro["action_mask_BxT"], logp_BxT, 0.0)) / jnp.maximum(n_action_tokens, 1)
-  return nll, {"loss": nll, "sft/nll": nll}
+def rl_loss(loss_cfg: LossConfig) -> LossFn:
+  """The policy (+ KL, entropy, WM) loss of `losses.total_loss`."""
+  with_entropy = loss_cfg.entropy_coef != 0
 
-
-def update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn: LossFn, with_entropy: bool,
-           state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a mini-batch [num_micro, micro_batch, ...]; metrics are sums over micro-batches."""
-  n_action_tokens = batch["action_mask_BxT"].sum()
-
-  def micro_loss(params, micro):
+  def loss_fn(graphdef, params, micro, counts):
     logp_BxT, entropy_BxT = token_logprobs(graphdef, params, micro["tokens_BxT"], micro["mask_BxT"], with_entropy)
-    return loss_fn(logp_BxT, entropy_BxT, micro, n_action_tokens)
+    return total_loss(logp_BxT, micro, loss_cfg, counts["action_tokens"], entropy_BxT)
+  return loss_fn
 
-  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+def sft_loss(wm_loss: str | None = None) -> LossFn:
+  """The warm-up: next-token NLL on the action tokens (token mean over the mini-batch) plus, with `wm_loss`, the
+  world-model term Σ_rows wm_weight_B · ℓ_WM(row) on the appended next observations."""
+  wm_cfg = LossConfig(wm_loss=wm_loss)
+
+  def loss_fn(graphdef, params, micro, counts):
+    logp_BxT, _ = token_logprobs(graphdef, params, micro["tokens_BxT"], micro["mask_BxT"])
+    nll = -jnp.sum(jnp.where(micro["action_mask_BxT"], logp_BxT, 0.0)) / jnp.maximum(counts["action_tokens"], 1)
+    if wm_loss is None:
+      return nll, {"loss": nll, "sft/nll": nll}
+    wm, _ = wm_term(logp_BxT, micro, wm_cfg)
+    return nll + wm, {"loss": nll + wm, "sft/nll": nll, "sft/wm": wm}
+  return loss_fn
+
+
+def update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn: LossFn, state: TrainState,
+           batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a mini-batch [num_micro, micro_batch, ...]; metrics are sums over micro-batches."""
+  counts = minibatch_counts(batch)
+  grad_fn = jax.value_and_grad(lambda params, micro: loss_fn(graphdef, params, micro, counts), has_aux=True)
 
   def accumulate(carry, micro):
     grads, metrics = carry
@@ -123,14 +135,13 @@ def update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss
   new_state = TrainState(state.step + finite.astype(jnp.int32), keep(new_params, state.params),
                          keep(new_opt_state, state.opt_state), state.ref_params,
                          state.skipped + (~finite).astype(jnp.int32))
-  metrics = {**metrics, "grad_norm": optax.global_norm(grads), "skipped": (~finite).astype(jnp.float32)}
+  metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "skipped": (~finite).astype(jnp.float32)}
   return new_state, metrics
 
 
-def jit_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn: LossFn,
-               with_entropy: bool = False):
+def jit_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn: LossFn):
   """`update` jitted for these static parts; donates the old state's buffers."""
-  return jax.jit(functools.partial(update, graphdef, optimizer, loss_fn, with_entropy), donate_argnums=0)
+  return jax.jit(functools.partial(update, graphdef, optimizer, loss_fn), donate_argnums=0)
 
 
 def jit_logprobs(graphdef: nnx.GraphDef):

@@ -21,7 +21,7 @@ from paw_jax.prompts import PromptConfig
 from paw_jax.rollout import run_episodes
 from paw_jax.sampling import Sampler, SamplingConfig
 from paw_jax.scratch import train_env_tokenizer
-from paw_jax.train_step import OptimConfig, init_state, jit_logprobs, jit_update, make_optimizer, rl_loss
+from paw_jax.train_step import OptimConfig, init_state, jit_logprobs, jit_update, make_optimizer, rl_loss, sft_loss
 
 PROMPT = PromptConfig(history=1, think=False)
 BATCH = BatchConfig(max_len=512, max_obs_tokens=40, micro_batch=4)
@@ -60,6 +60,9 @@ def test_masks_cover_exactly_response_and_observation(setup):
     np.testing.assert_array_equal(batch["old_logp_BxT"][b, p:p + a], turn.logprobs)
   assert len(batch["valid_B"]) % BATCH.micro_batch == 0 and batch["valid_B"].sum() == len(turns)
   assert not batch["mask_BxT"][len(turns):].any()
+  base = pack_rows(turns, tokenizer, dataclasses.replace(BATCH, with_observation=False))  # without PaW
+  np.testing.assert_array_equal(base["mask_BxT"].sum(1)[:len(turns)],
+                                [len(t.prompt_ids) + len(t.response_ids) for t in turns])
 
 
 def test_rl_loss_touches_action_tokens_and_wm_loss_only_selected_observations(setup):
@@ -107,7 +110,7 @@ def test_micro_batch_accumulation_is_exact_and_nan_updates_are_skipped(setup):
   batch, _ = build_batch(turns, episodes, tokenizer, BATCH, "grpo", AdvantageConfig(), PawConfig(), r_max=10.0)
   batch["ref_logp_BxT"] = batch["old_logp_BxT"]
   optimizer = make_optimizer(OptimConfig(learning_rate=1e-2))
-  update = jit_update(nnx.graphdef(model), optimizer, *rl_loss(LossConfig(kl_coef=0.01)))
+  update = jit_update(nnx.graphdef(model), optimizer, rl_loss(LossConfig(kl_coef=0.01)))
   rows = len(batch["valid_B"])
   params = {}
   for micro in (BATCH.micro_batch, rows):
@@ -125,3 +128,19 @@ def test_micro_batch_accumulation_is_exact_and_nan_updates_are_skipped(setup):
   assert int(state.skipped) == 1 and int(state.step) == 0 and float(metrics["skipped"]) == 1.0
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_warmup_loss_is_action_nll_plus_weighted_next_observation_ce(setup):
+  tokenizer, model, turns, _ = setup
+  batch = pack_rows(turns, tokenizer, BATCH)
+  batch["wm_weight_B"] = np.where(batch["valid_B"], np.linspace(0.1, 1.0, len(batch["valid_B"])), 0).astype(np.float32)
+  graphdef, params = nnx.split(model)
+  logp_BxT = np.asarray(jit_logprobs(graphdef)(params, batch["tokens_BxT"], batch["mask_BxT"]), np.float64)
+  action, obs = batch["action_mask_BxT"], batch["obs_mask_BxT"]
+  ce_B = -(logp_BxT * obs).sum(1) / np.maximum(obs.sum(1), 1)
+  expected = -logp_BxT[action].sum() / action.sum() + (batch["wm_weight_B"] * ce_B).sum()
+  counts = {"action_tokens": action.sum(), "rows": batch["valid_B"].sum()}
+  loss, metrics = sft_loss("ce")(graphdef, params, batch, counts)
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["sft/nll"]), -logp_BxT[action].sum() / action.sum(), rtol=1e-5)
+  assert float(sft_loss()(graphdef, params, batch, counts)[0]) == float(metrics["sft/nll"])  # format only

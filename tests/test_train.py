@@ -5,15 +5,17 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs.default import get_config  # noqa: E402
 from paw_jax.train import train  # noqa: E402
 
 
-def tiny_config(workdir: pathlib.Path, updates: int):
+def tiny_config(workdir: pathlib.Path, updates: int, advantage: str = "gigpo"):
   c = get_config("ci")
   c.workdir = str(workdir)
+  c.algo.advantage = advantage
   c.model.scratch.hidden_size = 64
   c.model.scratch.intermediate_size = 128
   c.model.scratch.num_layers = 1
@@ -34,10 +36,11 @@ def metric_lines(workdir: pathlib.Path) -> dict[int, dict]:
   return {m["step"]: timeless(m) for m in lines}
 
 
-def test_resumed_run_replays_the_uninterrupted_run(tmp_path):
-  train(tiny_config(tmp_path / "straight", updates=3))
-  train(tiny_config(tmp_path / "resumed", updates=2))  # stops after update 2 (its last checkpoint)
-  train(tiny_config(tmp_path / "resumed", updates=3))  # a new process would do the same: restore, go on
+@pytest.mark.parametrize("advantage", ["gigpo", "gae"])  # gae: PPO, whose critic is checkpointed too
+def test_resumed_run_replays_the_uninterrupted_run(tmp_path, advantage):
+  train(tiny_config(tmp_path / "straight", updates=3, advantage=advantage))
+  train(tiny_config(tmp_path / "resumed", updates=2, advantage=advantage))  # stops after update 2 (its checkpoint)
+  train(tiny_config(tmp_path / "resumed", updates=3, advantage=advantage))  # as a new process would: restore, go on
   straight, resumed = metric_lines(tmp_path / "straight"), metric_lines(tmp_path / "resumed")
   assert sorted(resumed) == [1, 2, 3]
   for step in (3,):
@@ -45,3 +48,5 @@ def test_resumed_run_replays_the_uninterrupted_run(tmp_path):
     for key, value in straight[step].items():
       np.testing.assert_allclose(resumed[step][key], value, rtol=1e-5, atol=1e-6, err_msg=f"step {step} {key}")
   assert (tmp_path / "resumed" / "checkpoints").is_dir()
+  if advantage == "gae":
+    assert {"critic/value_loss", "critic/grad_norm"} <= straight[3].keys()

@@ -148,14 +148,14 @@ def total_loss(logp_BxT: jax.Array, batch: Mapping[str, jax.Array], cfg: LossCon
       raise ValueError("total_loss: entropy_coef != 0 needs entropy_BxT")
     loss = loss - cfg.entropy_coef * metrics["entropy"]
   if cfg.wm_loss is not None:
-    wm_term, wm_metrics = _wm_term(logp_BxT, batch, cfg)
-    loss = loss + wm_term
+    wm, wm_metrics = wm_term(logp_BxT, batch, cfg)
+    loss = loss + wm
     metrics.update(wm_metrics)
   metrics["loss"] = loss
   return loss, metrics
 
 
-def _wm_term(logp_BxT: jax.Array, batch: Mapping[str, jax.Array],
+def wm_term(logp_BxT: jax.Array, batch: Mapping[str, jax.Array],
              cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Σ_rows w_row · ℓ_WM(row), and sums over the rows with w > 0 (selected rows of groups with λ_g > 0)."""
   obs_mask_BxT = batch["obs_mask_BxT"].astype(bool)
@@ -163,11 +163,11 @@ def _wm_term(logp_BxT: jax.Array, batch: Mapping[str, jax.Array],
   chex.assert_equal_shape([logp_BxT, obs_mask_BxT])
   chex.assert_shape(weight_B, logp_BxT.shape[:1])
   row_loss_B = _lookup(WM_LOSSES, cfg.wm_loss, "WM loss")(logp_BxT, obs_mask_BxT, cfg)
-  wm_term = jnp.sum(weight_B * row_loss_B)
+  weighted = jnp.sum(weight_B * row_loss_B)
   selected_B = weight_B > 0
   sel_obs_BxT = obs_mask_BxT & selected_B[:, None]
-  return wm_term, {
-      "wm/weighted_loss": wm_term,
+  return weighted, {
+      "wm/weighted_loss": weighted,
       "wm/loss_sum": masked_sum(row_loss_B, selected_B),  # / wm/rows on the host: mean ℓ of a selected row
       "wm/rows": selected_B.sum(),
       "wm/obs_tokens": sel_obs_BxT.sum(),
