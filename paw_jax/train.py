@@ -298,6 +298,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
                  reset_timeout_s=c.env.reset_timeout_s, in_process=c.env.in_process)
   bar = progress(c.train.updates, initial=start_update, desc="updates")
   with pool:
+    if start_update == 0 and c.train.eval_at_start:  # the curve's starting point: the policy RL starts from
+      last_eval = evaluate(run, pool)
+      writer.write(0, last_eval)
     for update_index in range(start_update, c.train.updates):
       metrics = rl_update(run, pool, update_index, update_fn, logprob_fn, critic_fns)
       last = update_index + 1 == c.train.updates

@@ -14,7 +14,8 @@ SEED_0_TRAIN = """You are at the start.
 P O _ _
 _ _ _ O
 _ O _ _
-_ _ _ G"""
+_ _ _ G
+Around you: up edge, down ice, left edge, right hole."""
 
 
 class FixedLakeEnv(FrozenLakeEnv):
@@ -75,13 +76,18 @@ def test_solver_on_a_hand_made_map():
 
 def test_edge_hole_and_goal():
   env = FixedLakeEnv("P_\nOG")
-  assert env.reset(Task())[0] == "You are at the start.\nP _\nO G"
+  assert env.reset(Task())[0] == ("You are at the start.\nP _\nO G\n"
+                                  "Around you: up edge, down hole, left edge, right ice.")
   assert step(env, "up") == (
-      "You went up. You hit the edge of the lake and stay where you are.\nP _\nO G", 0.0, False, False)
-  assert step(env, "down") == ("You went down. You fell into a hole. Game over.\n_ _\nP G", 0.0, True, False)
+      "You went up. You hit the edge of the lake and stay where you are.\nP _\nO G\n"
+      "Around you: up edge, down hole, left edge, right ice.", 0.0, False, False)
+  assert step(env, "down") == ("You went down. You fell into a hole. Game over.\n_ _\nP G\n"
+                               "Around you: up ice, down edge, left edge, right goal.", 0.0, True, False)
   env.reset(Task())
-  assert step(env, "right") == ("You went right.\n_ P\nO G", 0.0, False, False)
-  assert step(env, "down") == ("You went down. You reached the goal!\n_ _\nO P", 10.0, True, True)
+  assert step(env, "right") == ("You went right.\n_ P\nO G\nAround you: up edge, down goal, left ice, right edge.",
+                                0.0, False, False)
+  assert step(env, "down") == ("You went down. You reached the goal!\n_ _\nO P\n"
+                               "Around you: up ice, down edge, left hole, right edge.", 10.0, True, True)
 
 
 def test_truncation_with_valid_moves():

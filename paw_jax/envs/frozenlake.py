@@ -4,7 +4,8 @@ Maps follow gym's `generate_random_map`: every other cell is a hole with probabi
 redrawn from the same task-seeded generator (so deterministically) until the goal is reachable. Slippery dynamics
 follow gym too: the intended direction w.p. 1/3, each perpendicular one w.p. 1/3. The slip generator is seeded from
 the task as well, so an episode is a function of the task and the action sequence (invalid actions draw nothing).
-Reward: `r_max` (10) on reaching the goal, 0 otherwise; a hole ends the episode as failed.
+An observation is the last move's outcome, the map (one space between cells) and a line naming what lies one step
+away in each direction. Reward: `r_max` (10) on reaching the goal, 0 otherwise; a hole ends the episode as failed.
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ class Lake:
     def symbol(cell: int) -> str:
       return HOLE if cell in self.holes else GOAL if cell == self.goal else FROZEN
     return tuple("".join(symbol(row * self.size + col) for col in range(self.size)) for row in range(self.size))
+
+  def surroundings(self, player: int) -> str:
+    """What lies one step away in each direction, in words (the grid alone asks a model to find its own cell)."""
+    def what(cell: int) -> str:
+      return "edge" if cell == player else "hole" if cell in self.holes else "goal" if cell == self.goal else "ice"
+    return "Around you: " + ", ".join(f"{move} {what(ahead)}" for move, ahead in neighbours(self.size)[player].items())
 
   def render(self, player: int) -> str:
     row, col = divmod(player, self.size)
@@ -141,4 +148,4 @@ class FrozenLakeEnv(TextEnv):
     return self._observation(message), 0.0, False, {}
 
   def _observation(self, message: str) -> str:
-    return f"{message}\n{self.lake.render(self.player)}"
+    return f"{message}\n{self.lake.render(self.player)}\n{self.lake.surroundings(self.player)}."
