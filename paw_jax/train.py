@@ -218,6 +218,9 @@ def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn,
   batch, paw_metrics = build_batch(turns, episodes, run.tokenizer, run.batch_cfg, c.algo.advantage, adv_cfg,
                                    run.paw_cfg, run.env_cls.r_max, values_fn)
   fill_logprobs(run, batch, logprob_fn)
+  # Rows come grouped by turn index; shuffled (seeded by the update), each mini-batch mixes turns and groups.
+  order = np.random.default_rng([c.seed, update_index]).permutation(len(batch["valid_B"]))
+  batch = {k: v[order] for k, v in batch.items()}
   # Each mini-batch is its own optimizer step with a full token-mean L_RL, while the PaW weights sum over the whole
   # update; scaling by the mini-batch count keeps Eq. 11's RL : WM balance in every step.
   batch["wm_weight_B"] = batch["wm_weight_B"] * -(-len(batch["valid_B"]) // c.batch.mini_batch)

@@ -1,33 +1,30 @@
-"""End-to-end runs of the trainer on the CI-sized default config: resume after a checkpoint replays the same
-updates as an uninterrupted run, and a short seeded run improves its success rate."""
+"""End-to-end runs of `python -m paw_jax.main` on the CI-sized default config, each in its own process on one CPU
+device (as a user's run): a run killed after a checkpoint resumes and replays the uninterrupted run, and a short
+seeded run improves its success rate."""
 import json
+import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs.default import get_config  # noqa: E402
-from paw_jax.train import train  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ("--config.model.scratch.hidden_size=64", "--config.model.scratch.intermediate_size=128",
+        "--config.model.scratch.num_layers=1", "--config.algo.groups_per_update=2", "--config.algo.group_size=4",
+        "--config.train.format_warmup_steps=2", "--config.train.format_warmup_episodes=16",
+        "--config.train.eval_every=100", "--config.train.eval_episodes=4", "--config.train.checkpoint_every=2")
 
 
-def tiny_config(workdir: pathlib.Path, updates: int, advantage: str = "gigpo"):
-  c = get_config("ci")
-  c.workdir = str(workdir)
-  c.algo.advantage = advantage
-  c.model.scratch.hidden_size = 64
-  c.model.scratch.intermediate_size = 128
-  c.model.scratch.num_layers = 1
-  c.algo.groups_per_update = 2
-  c.algo.group_size = 4
-  c.train.updates = updates
-  c.train.format_warmup_steps = 2
-  c.train.eval_every = 100  # only the final evaluation
-  c.train.eval_episodes = 4
-  c.train.checkpoint_every = 2
-  c.train.export_hf = False
-  return c
+def run_main(workdir: pathlib.Path, *overrides: str) -> None:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, not the suite's 8 virtual ones
+  env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  result = subprocess.run([sys.executable, "-m", "paw_jax.main", "--config=configs/default.py:ci",
+                           f"--config.workdir={workdir}", "--config.train.export_hf=False", *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
 
 
 def metric_lines(workdir: pathlib.Path) -> dict[int, dict]:
@@ -38,15 +35,25 @@ def metric_lines(workdir: pathlib.Path) -> dict[int, dict]:
 
 @pytest.mark.parametrize("advantage", ["gigpo", "gae"])  # gae: PPO, whose critic is checkpointed too
 def test_resumed_run_replays_the_uninterrupted_run(tmp_path, advantage):
-  train(tiny_config(tmp_path / "straight", updates=3, advantage=advantage))
-  train(tiny_config(tmp_path / "resumed", updates=2, advantage=advantage))  # stops after update 2 (its checkpoint)
-  train(tiny_config(tmp_path / "resumed", updates=3, advantage=advantage))  # as a new process would: restore, go on
+  algo = f"--config.algo.advantage={advantage}"
+  run_main(tmp_path / "straight", *TINY, algo, "--config.train.updates=3")
+  run_main(tmp_path / "resumed", *TINY, algo, "--config.train.updates=2")  # ends after update 2, its checkpoint
+  run_main(tmp_path / "resumed", *TINY, algo, "--config.train.updates=3")  # a new process: restore, go on
   straight, resumed = metric_lines(tmp_path / "straight"), metric_lines(tmp_path / "resumed")
-  assert sorted(resumed) == [1, 2, 3]
-  for step in (3,):
-    assert resumed[step].keys() == straight[step].keys()
-    for key, value in straight[step].items():
-      np.testing.assert_allclose(resumed[step][key], value, rtol=1e-5, atol=1e-6, err_msg=f"step {step} {key}")
-  assert (tmp_path / "resumed" / "checkpoints").is_dir()
+  assert sorted(resumed) == sorted(straight) == [0, 1, 2, 3]  # 0: the evaluation before RL
+  assert resumed[3].keys() == straight[3].keys()
+  for key, value in straight[3].items():
+    np.testing.assert_allclose(resumed[3][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
   if advantage == "gae":
     assert {"critic/value_loss", "critic/grad_norm"} <= straight[3].keys()
+
+
+def test_short_seeded_default_run_improves_its_success_rate(tmp_path):
+  """The CI-sized default (`configs/default.py:ci`) against its own start: the evaluation before RL (update 0)."""
+  run_main(tmp_path)
+  lines = metric_lines(tmp_path)
+  updates = max(lines)
+  start, final = lines[0]["eval/success"], lines[updates]["eval/success"]
+  rollouts = [lines[u]["rollout/success"] for u in range(1, updates + 1)]
+  assert final >= start + 0.15, (start, final)
+  assert np.mean(rollouts[-2:]) >= rollouts[0] + 0.15, rollouts
