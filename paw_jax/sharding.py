@@ -76,6 +76,11 @@ def param_shardings(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   return nnx.to_pure_dict(jax.tree.map(sharding_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Leading (batch) dim over data x fsdp; the rest replicated."""
-  return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+def shard_rows(batch: dict[str, np.ndarray], mesh: Mesh, row_axis: int = 0, rules=DEFAULT_RULES) -> dict[str, Any]:
+  """Host arrays -> device arrays whose row axis (`row_axis`: 1 for [num_micro, micro_batch, ...]) is split by the
+  'batch' rule (data x fsdp) where it divides; the other axes are replicated. Single-process: every process holding
+  the whole batch is what `jax.device_put` assumes."""
+  def put(x: np.ndarray):
+    axes = (None,) * row_axis + ("batch",) + (None,) * (x.ndim - row_axis - 1)
+    return jax.device_put(x, NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh, rules)))
+  return {k: put(v) for k, v in batch.items()}

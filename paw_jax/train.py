@@ -57,6 +57,7 @@ class Run:
   loss_cfg: LossConfig
   paw_cfg: PawConfig | None
   env_cls: type
+  mesh: jax.sharding.Mesh
   critic_graphdef: nnx.GraphDef | None = None  # PPO (algo.advantage='gae') only
   critic: TrainState | None = None
 
@@ -114,7 +115,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   paw_cfg = _dataclass_from(PawConfig, config.paw) if config.paw.enabled else None
   return Run(config, workdir, tokenizer, graphdef, state, sampler, prompt_cfg,
              _dataclass_from(BatchConfig, config.batch, with_observation=config.paw.enabled), loss_cfg, paw_cfg,
-             env_class(config.env.name))
+             env_class(config.env.name), mesh)
 
 
 def sampling_config(config, eval_mode: bool) -> SamplingConfig:
@@ -164,7 +165,7 @@ def format_warmup(run: Run, steps: int) -> None:
   for _ in range(steps):
     rows = rng.choice(len(turns), size=min(mb, len(turns)), replace=False)
     minibatch = next(mini_batches({k: v[rows] for k, v in batch.items()}, mb, run.batch_cfg.micro_batch))
-    run.state, metrics = update(run.state, minibatch)
+    run.state, metrics = update(run.state, sharding.shard_rows(minibatch, run.mesh, row_axis=1))
     bar.update()
   bar.close()
   # RL starts from the warmed-up policy: fresh optimizer state, and that policy as the KL reference.
@@ -178,8 +179,8 @@ def init_critic(run: Run) -> None:
   """PPO's critic from the current policy (after any warm-up), with its own optimizer and learning rate."""
   critic = critic_from_policy(nnx.merge(run.graphdef, run.state.params))
   run.critic_graphdef, params = nnx.split(critic)
-  mesh = sharding.make_mesh(**run.config.mesh.to_dict())
-  nnx.replace_by_pure_dict(params, jax.device_put(nnx.to_pure_dict(params), sharding.param_shardings(critic, mesh)))
+  shardings = sharding.param_shardings(critic, run.mesh)
+  nnx.replace_by_pure_dict(params, jax.device_put(nnx.to_pure_dict(params), shardings))
   run.critic = init_state(params, make_optimizer(critic_optim(run.config)), with_ref=False)
 
 
@@ -205,7 +206,8 @@ def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn,
   c = run.config
   timings: dict[str, float] = {}
   rng = jax.random.fold_in(jax.random.key(c.seed), update_index)
-  tasks = [Task(c.env.train_split, update_index * c.algo.groups_per_update + g) for g in range(c.algo.groups_per_update)]
+  groups = c.algo.groups_per_update
+  tasks = [Task(c.env.train_split, update_index * groups + g) for g in range(groups)]
   start = time.perf_counter()
   turns, episodes, stats = run_episodes(pool, run.env_cls, run.sampler, run.state.params, run.tokenizer, tasks,
                                         c.algo.group_size, run.prompt_cfg, sampling_config(c, eval_mode=False), rng,
@@ -227,6 +229,7 @@ def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn,
   step_metrics, critic_metrics = [], []
   for _ in range(c.algo.epochs):
     for minibatch in mini_batches(batch, c.batch.mini_batch, c.batch.micro_batch):
+      minibatch = sharding.shard_rows(minibatch, run.mesh, row_axis=1)
       run.state, metrics = update_fn(run.state, minibatch)
       step_metrics.append(metrics)
       if critic_fns:
@@ -243,8 +246,10 @@ def critic_values(run: Run, batch: dict[str, np.ndarray], values_fn) -> np.ndarr
   """The critic's value of every row, micro-batch by micro-batch (fetched once)."""
   micro = run.batch_cfg.micro_batch
   keys = ("tokens_BxT", "mask_BxT", "action_mask_BxT")
-  chunks = [values_fn(run.critic.params, {k: batch[k][start:start + micro] for k in keys})
-            for start in range(0, len(batch["valid_B"]), micro)]
+  chunks = []  # device arrays: dispatched back to back, fetched once below
+  for start in range(0, len(batch["valid_B"]), micro):
+    rows = sharding.shard_rows({k: batch[k][start:start + micro] for k in keys}, run.mesh)
+    chunks.append(values_fn(run.critic.params, rows))
   return np.concatenate(jax.device_get(chunks))
 
 
@@ -256,7 +261,8 @@ def fill_logprobs(run: Run, batch: dict[str, np.ndarray], logprob_fn) -> None:
   micro = run.batch_cfg.micro_batch
   old, ref = [], []  # device arrays: dispatched back to back, fetched once below
   for start in range(0, len(batch["valid_B"]), micro):
-    tokens, mask = batch["tokens_BxT"][start:start + micro], batch["mask_BxT"][start:start + micro]
+    rows = sharding.shard_rows({k: batch[k][start:start + micro] for k in ("tokens_BxT", "mask_BxT")}, run.mesh)
+    tokens, mask = rows["tokens_BxT"], rows["mask_BxT"]
     if need_old:
       old.append(logprob_fn(run.state.params, tokens, mask))
     if run.state.ref_params is not None:

@@ -1,15 +1,20 @@
-"""Sharding rules on an 8-device CPU mesh: the right PartitionSpecs, and sharded params give the same logits."""
+"""Sharding rules on an 8-device CPU mesh: the right PartitionSpecs; sharded params give the same logits, and a
+sharded train step (params and rows) the same update as one device."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hf_models import make_hf_model
 from paw_jax import sharding
+from paw_jax.algos.losses import LossConfig
+from paw_jax.batching import micro_batches
 from paw_jax.models import hf_io
 from paw_jax.models.transformer import positions_from_mask
+from paw_jax.train_step import init_state, jit_update, rl_loss
 
 
 def test_logical_rules_drop_axes_that_do_not_divide():
@@ -41,7 +46,8 @@ def test_sharded_model_gives_unsharded_logits(tmp_path):
 
   tokens = jnp.asarray(np.random.RandomState(0).randint(0, 97, (4, 10)))
   mask = jnp.ones(tokens.shape, bool)
-  tokens_sharded = jax.device_put(tokens, sharding.batch_sharding(mesh))
+  tokens_sharded = sharding.shard_rows({"tokens_BxT": np.asarray(tokens)}, mesh)["tokens_BxT"]
+  assert tokens_sharded.sharding.spec == P(("data", "fsdp"), None)
   graphdef, params = nnx.split(sharded)
 
   @jax.jit
@@ -50,3 +56,30 @@ def test_sharded_model_gives_unsharded_logits(tmp_path):
 
   expected, _ = model(tokens, positions_from_mask(mask), mask)
   np.testing.assert_allclose(np.asarray(forward(params, tokens_sharded)), np.asarray(expected), atol=1e-5)
+
+
+def test_train_step_on_a_sharded_mesh_equals_one_device(tmp_path):
+  """Params by the rule table, micro-batched rows split over data x fsdp: the same update as one device."""
+  make_hf_model("qwen3").save_pretrained(tmp_path)
+  model = hf_io.load_model(tmp_path)
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  sharded = hf_io.load_model(tmp_path, shardings=sharding.param_shardings(hf_io.abstract_model(model.cfg), mesh))
+  rng = np.random.default_rng(0)
+  t_1xT = np.arange(16)[None]
+  prompt_Bx1 = rng.integers(4, 9, (8, 1))
+  action_mask_BxT = (t_1xT >= prompt_Bx1) & (t_1xT < prompt_Bx1 + 4)
+  batch = {"tokens_BxT": rng.integers(0, 97, (8, 16)).astype(np.int32), "mask_BxT": t_1xT < prompt_Bx1 + 7,
+           "action_mask_BxT": action_mask_BxT, "obs_mask_BxT": (t_1xT >= prompt_Bx1 + 5) & (t_1xT < prompt_Bx1 + 7),
+           "old_logp_BxT": np.where(action_mask_BxT, -1.0, 0.0).astype(np.float32),
+           "valid_B": np.ones(8, bool), "advantage_B": rng.standard_normal(8).astype(np.float32),
+           "wm_weight_B": np.full(8, 0.125, np.float32)}
+  optimizer = optax.sgd(0.1)  # params move by the gradient itself (Adam's first step would amplify rounding)
+  update = jit_update(nnx.graphdef(model), optimizer, rl_loss(LossConfig(kl_coef=0.0, wm_loss="cmae")))
+  expected, _ = update(init_state(nnx.state(model), optimizer, with_ref=False), micro_batches(batch, 4))
+  rows = sharding.shard_rows(micro_batches(batch, 4), mesh, row_axis=1)
+  assert rows["tokens_BxT"].sharding.spec == P(None, ("data", "fsdp"), None)
+  state, _ = update(init_state(nnx.state(sharded), optimizer, with_ref=False), rows)
+  q = state.params["layers"]["q"][...]
+  assert q.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor", None)), q.ndim)  # kept layout
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected.params), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
