@@ -272,7 +272,9 @@ def fill_logprobs(run: Run, batch: dict[str, np.ndarray], logprob_fn) -> None:
     batch["old_logp_BxT"] = np.concatenate(old).astype(np.float32)
   batch["ref_logp_BxT"] = np.concatenate(ref).astype(np.float32) if ref else np.zeros_like(batch["old_logp_BxT"])
 
+
 def latest_eval(workdir: pathlib.Path) -> dict[str, float]:
+  """The eval metrics last logged in `workdir` ({} if none): what a run resumed at its final update returns."""
   evals = [r for r in read_metrics(workdir) if "eval/success" in r] if (workdir / METRICS_FILE).is_file() else []
   return {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
 
@@ -282,8 +284,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   run = build_run(config)
   c = config
   ppo = c.algo.advantage == "gae"
-  checkpointer = Checkpointer(run.workdir, keep=c.train.keep_checkpoints,
-                              save_every=c.train.checkpoint_every)
+  checkpointer = Checkpointer(run.workdir, keep=c.train.keep_checkpoints, save_every=c.train.checkpoint_every)
   writer = MetricsWriter(run.workdir)
   start_update = 0
   if checkpointer.latest_step() is not None:
@@ -302,7 +303,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   logprob_fn = jit_logprobs(run.graphdef)
   critic_fns = (jit_update(run.critic_graphdef, make_optimizer(critic_optim(c)), critic_loss(c.critic.value_clip)),
                 jit_values(run.critic_graphdef)) if ppo else None
-  last_eval = latest_eval(run.workdir)  # what a run resumed at its last update returns
+  last_eval = latest_eval(run.workdir)
   pool = EnvPool(c.env.name, c.env.num_envs, c.env.kwargs.to_dict(), step_timeout_s=c.env.step_timeout_s,
                  reset_timeout_s=c.env.reset_timeout_s, in_process=c.env.in_process)
   bar = progress(c.train.updates, initial=start_update, desc="updates")
