@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
@@ -198,11 +198,15 @@ def evaluate(run: Run, pool: EnvPool) -> dict[str, float]:
   return episode_metrics(episodes, "eval")
 
 
-def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn, critic_fns=None) -> dict[str, float]:
-  """One update: rollouts, the batch, then a policy step (and a critic step for PPO) per mini-batch.
+class CriticFns(NamedTuple):
+  """PPO's jitted critic functions."""
+  update: Callable  # (critic state, mini-batch) -> (critic state, metrics)
+  values: Callable  # (critic params, rows) -> value_B
 
-  `critic_fns`: (jitted critic update, jitted critic values) for PPO, else None.
-  """
+
+def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn,
+              critic_fns: CriticFns | None = None) -> dict[str, float]:
+  """One update: rollouts, the batch, then a policy step (and a critic step for PPO) per mini-batch."""
   c = run.config
   timings: dict[str, float] = {}
   rng = jax.random.fold_in(jax.random.key(c.seed), update_index)
@@ -216,7 +220,7 @@ def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn,
   timings["time/sample"], timings["time/env"] = stats.sample_s, stats.env_s
   start = time.perf_counter()
   adv_cfg = _dataclass_from(AdvantageConfig, c.algo.adv)
-  values_fn = (lambda rows: critic_values(run, rows, critic_fns[1])) if critic_fns else None
+  values_fn = (lambda rows: critic_values(run, rows, critic_fns.values)) if critic_fns else None
   batch, paw_metrics = build_batch(turns, episodes, run.tokenizer, run.batch_cfg, c.algo.advantage, adv_cfg,
                                    run.paw_cfg, run.env_cls.r_max, values_fn)
   fill_logprobs(run, batch, logprob_fn)
@@ -233,7 +237,7 @@ def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn,
       run.state, metrics = update_fn(run.state, minibatch)
       step_metrics.append(metrics)
       if critic_fns:
-        run.critic, metrics = critic_fns[0](run.critic, minibatch)
+        run.critic, metrics = critic_fns.update(run.critic, minibatch)
         critic_metrics.append(metrics)
   step_metrics, critic_metrics = jax.device_get((step_metrics, critic_metrics))
   timings["time/train"] = time.perf_counter() - start
@@ -301,8 +305,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
       init_critic(run)
   update_fn = jit_update(run.graphdef, make_optimizer(_dataclass_from(OptimConfig, c.optim)), rl_loss(run.loss_cfg))
   logprob_fn = jit_logprobs(run.graphdef)
-  critic_fns = (jit_update(run.critic_graphdef, make_optimizer(critic_optim(c)), critic_loss(c.critic.value_clip)),
-                jit_values(run.critic_graphdef)) if ppo else None
+  critic_fns = CriticFns(jit_update(run.critic_graphdef, make_optimizer(critic_optim(c)),
+                                    critic_loss(c.critic.value_clip)),
+                         jit_values(run.critic_graphdef)) if ppo else None
   last_eval = latest_eval(run.workdir)
   pool = EnvPool(c.env.name, c.env.num_envs, c.env.kwargs.to_dict(), step_timeout_s=c.env.step_timeout_s,
                  reset_timeout_s=c.env.reset_timeout_s, in_process=c.env.in_process)
