@@ -141,7 +141,7 @@ def test_bad_input_is_named(tmp_path):
 
 def test_export_hf_writes_a_directory_that_loads_back(tmp_path):
   cfg = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
-                    num_heads=2, num_kv_heads=1, head_dim=8, qk_norm=True)
+                    num_heads=2, num_kv_heads=1, head_dim=8)
   rng = np.random.RandomState(0)  # random params without Decoder's jitted init (seconds on a busy CPU)
   shapes = nnx.to_pure_dict(nnx.state(hf_io.abstract_model(cfg), nnx.Param))
   model = hf_io.model_from_params(cfg, jax.tree.map(lambda s: rng.randn(*s.shape).astype(s.dtype), shapes))

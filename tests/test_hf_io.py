@@ -1,6 +1,7 @@
 """HF checkpoint directories in and out: transformers loads what we save and gets identical logits."""
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -47,3 +48,22 @@ def test_missing_tensor_and_missing_config_are_named(tmp_path):
   cfg = hf_io.ModelConfig.from_hf(hf_model.config.to_dict())
   with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
     hf_io.hf_to_params(cfg, state)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
+def test_a_from_scratch_model_exports_as_the_same_transformers_model(model_type, tmp_path):
+  # The default run's model is built from a ModelConfig, not from a HF config: its export must still be exactly the
+  # architecture transformers builds for that model_type (e.g. Qwen3's q/k norms).
+  cfg = hf_io.ModelConfig(model_type, vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                          num_kv_heads=2, head_dim=8, tie_word_embeddings=True, qkv_bias=model_type == "qwen2")
+  rng = np.random.RandomState(0)
+  shapes = hf_io.model_params(hf_io.abstract_model(cfg))
+  model = hf_io.model_from_params(cfg, jax.tree.map(lambda s: rng.randn(*s.shape).astype(np.float32) * 0.3, shapes))
+  hf_io.save_model(model, tmp_path / "out")
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+  tokens_BxT = np.random.RandomState(1).randint(0, 97, (2, 11))
+  positions_BxT = np.broadcast_to(np.arange(11), tokens_BxT.shape)
+  logits_BxTxV, _ = model(tokens_BxT, positions_BxT, np.ones_like(tokens_BxT, bool))
+  with torch.no_grad():
+    expected = hf_model(torch.tensor(tokens_BxT)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(logits_BxTxV), expected, atol=1e-4)

@@ -40,7 +40,6 @@ class ModelConfig:
   tie_word_embeddings: bool = False
   qkv_bias: bool = False  # Qwen2: bias on q/k/v only
   o_bias: bool = False  # Llama `attention_bias=True` also biases o_proj
-  qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k, before RoPE
   bos_token_id: int | None = None
   eos_token_id: int | list[int] | None = None
   # Numerics and compilation: not part of the checkpoint.
@@ -59,6 +58,11 @@ class ModelConfig:
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name}='{getattr(self, name)}' must be one of {', '.join(_DTYPES)}")
+
+  @property
+  def qk_norm(self) -> bool:
+    """RMSNorm over head_dim on q and k before RoPE: every Qwen3 has it, no Llama or Qwen2 does."""
+    return self.model_type == "qwen3"
 
   @property
   def param_jnp_dtype(self):
@@ -113,7 +117,6 @@ class ModelConfig:
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qkv_bias=model_type == "qwen2" or attention_bias,
         o_bias=model_type == "llama" and attention_bias,
-        qk_norm=model_type == "qwen3",
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"),
     )
