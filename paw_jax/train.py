@@ -5,6 +5,7 @@ killed after a checkpoint resumes at the same step and replays exactly what the 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import pathlib
 import time
@@ -60,6 +61,7 @@ class Run:
   mesh: jax.sharding.Mesh
   critic_graphdef: nnx.GraphDef | None = None  # PPO (algo.advantage='gae') only
   critic: TrainState | None = None
+  reported_errors: set[str] = dataclasses.field(default_factory=set)  # episode errors already printed
 
   def train_states(self) -> dict[str, TrainState]:
     """What a checkpoint holds: the policy's state and, for PPO, the critic's."""
@@ -101,6 +103,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   prompt_cfg = PromptConfig(history=config.prompt.history, think=config.prompt.think,
                             list_admissible=config.prompt.list_admissible, system=config.prompt.system or None,
+                            task=config.prompt.task, instruction=config.prompt.instruction,
                             obs_header=config.batch.obs_header)
   tokenizer = load_tokenizer(config, workdir, prompt_cfg)
   model = load_model(config, tokenizer, mesh)
@@ -116,6 +119,15 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   return Run(config, workdir, tokenizer, graphdef, state, sampler, prompt_cfg,
              _dataclass_from(BatchConfig, config.batch, with_observation=config.paw.enabled), loss_cfg, paw_cfg,
              env_class(config.env.name), mesh)
+
+
+def report_errors(run: Run, episodes, phase: str) -> None:
+  """Prints each new kind of episode error once: such an episode counts as failed and the run goes on, but a
+  misconfiguration (e.g. a too small `sampling.max_prompt_len`) must not hide behind a low success rate."""
+  for error, count in collections.Counter(e.error for e in episodes if e.error is not None).items():
+    if error not in run.reported_errors:
+      run.reported_errors.add(error)
+      print(f"warning: {count} {phase} episode(s) ended as failed: {error}", flush=True)
 
 
 def sampling_config(config, eval_mode: bool) -> SamplingConfig:
@@ -195,6 +207,7 @@ def evaluate(run: Run, pool: EnvPool) -> dict[str, float]:
   _, episodes, _ = run_episodes(pool, run.env_cls, run.sampler, run.state.params, run.tokenizer, tasks, 1,
                                 run.prompt_cfg, sampling_config(c, eval_mode=True),
                                 jax.random.key(c.seed + 7919), int(run.state.step))
+  report_errors(run, episodes, "eval")
   return episode_metrics(episodes, "eval")
 
 
@@ -217,6 +230,7 @@ def rl_update(run: Run, pool: EnvPool, update_index: int, update_fn, logprob_fn,
                                         c.algo.group_size, run.prompt_cfg, sampling_config(c, eval_mode=False), rng,
                                         int(run.state.step))
   timings["time/rollout"] = time.perf_counter() - start
+  report_errors(run, episodes, "rollout")
   timings["time/sample"], timings["time/env"] = stats.sample_s, stats.env_s
   start = time.perf_counter()
   adv_cfg = _dataclass_from(AdvantageConfig, c.algo.adv)

@@ -6,9 +6,14 @@ import os
 import pathlib
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from paw_jax.envs.base import Task
+from paw_jax.rollout import Episode
+from paw_jax.train import report_errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ("--config.model.scratch.hidden_size=64", "--config.model.scratch.intermediate_size=128",
@@ -57,3 +62,16 @@ def test_short_seeded_default_run_improves_its_success_rate(tmp_path):
   rollouts = [lines[u]["rollout/success"] for u in range(1, updates + 1)]
   assert final >= start + 0.15, (start, final)
   assert np.mean(rollouts[-2:]) >= rollouts[0] + 0.15, rollouts
+
+
+def test_each_new_kind_of_episode_error_is_printed_once(capsys):
+  def episodes(*errors):
+    return [Episode(0, i, Task("train", 0), "frozenlake", error=e) for i, e in enumerate(errors)]
+
+  run = SimpleNamespace(reported_errors=set())
+  report_errors(run, episodes(None, "prompt too long", "prompt too long", "env crashed"), "rollout")
+  report_errors(run, episodes("prompt too long", "env hung"), "eval")
+  assert capsys.readouterr().out.splitlines() == [
+      "warning: 2 rollout episode(s) ended as failed: prompt too long",
+      "warning: 1 rollout episode(s) ended as failed: env crashed",
+      "warning: 1 eval episode(s) ended as failed: env hung"]
