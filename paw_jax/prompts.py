@@ -7,13 +7,24 @@ import dataclasses
 from paw_jax.envs.base import TextEnv
 
 
+PARTS = ("task", "history", "observation", "admissible", "instruction")  # the paper's order
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
+  """What a turn's user message holds and in which order (`order`: every name of `PARTS` once)."""
   history: int = 2  # last K (observation, action) pairs; -1 = the full history (search-QA)
   think: bool = True  # ask for <think>...</think> before the action
   list_admissible: bool = True  # False when the task text already names every action (short prompts)
   system: str | None = None  # an optional system message
+  task: str = ""  # replaces the env's own task text ('' keeps it): a shorter wording for a small model
+  instruction: str = ""  # replaces the format instruction ('' keeps the standard one)
+  order: tuple[str, ...] = PARTS
   obs_header: str = "\nObservation: "  # PaW: fixed header before the appended next observation
+
+  def __post_init__(self):
+    if sorted(self.order) != sorted(PARTS):
+      raise ValueError(f"prompt.order must name each of {', '.join(PARTS)} once; got {', '.join(self.order)}")
 
 
 def format_instruction(env_cls: type[TextEnv], think: bool) -> str:
@@ -29,20 +40,18 @@ def render_turn(env_cls: type[TextEnv], cfg: PromptConfig, task: str, step: int,
                 observation: str, admissible: list[str] | None) -> str:
   """The user message of turn `step` (0-based); `history` holds every earlier (observation, action) pair."""
   kept = history if cfg.history < 0 else history[len(history) - cfg.history:] if cfg.history else []
-  parts = [task.strip()]
+  parts = {"task": (cfg.task or task).strip(), "history": ""}
   if step and not kept:
-    parts.append(f"Prior to this step, you have already taken {step} step(s).")
+    parts["history"] = f"Prior to this step, you have already taken {step} step(s)."
   elif step:
     past = "\n".join(f"[Observation {step - len(kept) + i + 1}: {obs.strip()}]\n[Action {step - len(kept) + i + 1}: "
                      f"{action}]" for i, (obs, action) in enumerate(kept))
-    parts.append(f"Prior to this step, you have already taken {step} step(s). Below are the most recent "
-                 f"{len(kept)} observations and the corresponding actions you took:\n{past}")
-  parts.append(f"You are now at step {step + 1} and your current observation is:\n{observation.strip()}")
-  admissible_text = env_cls.format_admissible(admissible) if cfg.list_admissible else ""
-  if admissible_text:
-    parts.append(admissible_text)
-  parts.append(format_instruction(env_cls, cfg.think))
-  return "\n\n".join(parts)
+    parts["history"] = (f"Prior to this step, you have already taken {step} step(s). Below are the most recent "
+                        f"{len(kept)} observations and the corresponding actions you took:\n{past}")
+  parts["observation"] = f"You are now at step {step + 1} and your current observation is:\n{observation.strip()}"
+  parts["admissible"] = env_cls.format_admissible(admissible) if cfg.list_admissible else ""
+  parts["instruction"] = cfg.instruction or format_instruction(env_cls, cfg.think)
+  return "\n\n".join(parts[name] for name in cfg.order if parts[name])
 
 
 def chat_messages(cfg: PromptConfig, user_text: str) -> list[dict[str, str]]:

@@ -104,6 +104,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   prompt_cfg = PromptConfig(history=config.prompt.history, think=config.prompt.think,
                             list_admissible=config.prompt.list_admissible, system=config.prompt.system or None,
                             task=config.prompt.task, instruction=config.prompt.instruction,
+                            order=tuple(name.strip() for name in config.prompt.order.split(",")),
                             obs_header=config.batch.obs_header)
   tokenizer = load_tokenizer(config, workdir, prompt_cfg)
   model = load_model(config, tokenizer, mesh)

@@ -1,4 +1,6 @@
 """Turn prompts against hand-written expected text (the paper's structure)."""
+import pytest
+
 from paw_jax.envs.frozenlake import FrozenLakeEnv
 from paw_jax.envs.search_qa import SearchQAEnv
 from paw_jax.prompts import PromptConfig, render_turn
@@ -31,3 +33,14 @@ def test_no_history_first_step_and_free_form_env_tags():
   full = render_turn(SearchQAEnv, PromptConfig(history=-1), "Q?", 3, HISTORY, "info", None)
   assert "[Observation 1: obs one]" in full and "<search> </search> or <answer> </answer>" in full
   assert "admissible" not in full
+
+
+def test_configured_task_instruction_and_order():
+  cfg = PromptConfig(history=0, think=False, task="Reach G.", instruction="Reply <action>move</action>.",
+                     order=("instruction", "task", "history", "admissible", "observation"))
+  text = render_turn(FrozenLakeEnv, cfg, "the env's long task text", 0, [], "start", ["up", "down"])
+  assert text == ("Reply <action>move</action>.\n\nReach G.\n\nYour admissible actions of the current situation are:\n"
+                  "'up'\n'down'\n\nYou are now at step 1 and your current observation is:\nstart")
+  with pytest.raises(ValueError, match="prompt.order must name each of task, history, observation, admissible, "
+                                       "instruction once; got task, observation"):
+    PromptConfig(order=("task", "observation"))
