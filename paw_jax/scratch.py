@@ -1,8 +1,11 @@
 """What a from-scratch model needs before RL: a tokenizer trained on the env's own text, and warm-up rows.
 
-Both come from random play (uniform over admissible actions), so neither carries any signal about which action is
-good: the warm-up teaches the reply format `<action>...</action>` + end of turn and, through the appended next
-observation, the env's dynamics (how an action changes what the model sees), never which action wins.
+Both come from random play (uniform over the env's `exploratory_actions`: the admissible ones, less moves that do
+nothing), so neither carries any signal about which action reaches the goal: the warm-up teaches the reply format
+`<action>...</action>` + end of turn and, through the appended next observation, the env's dynamics (how an action
+changes what the model sees), never which action wins. Leaving out the do-nothing moves makes the warm-up's choice
+depend on the observation (in FrozenLake: not into the edge): measured, a warm-up on uniform labels left a policy
+whose choice ignored the prompt (the same probabilities with a random prompt) and stayed so through RL.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def random_play(env: TextEnv, split: str, episodes: int, seed: int):
     for step in range(env.max_steps):
       if not admissible:
         break
-      action = rng.choice(admissible)
+      action = rng.choice(env.exploratory_actions() or admissible)
       result = env.step(f"<{env.action_tags[0]}>{action}</{env.action_tags[0]}>")
       yield task_text, step, list(history), observation, admissible, action, result.observation
       history.append((observation, action))

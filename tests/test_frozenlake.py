@@ -15,7 +15,7 @@ P O _ _
 _ _ _ O
 _ O _ _
 _ _ _ G
-Around you: up edge, down ice, left edge, right hole."""
+Around you: hole right; edge up, left."""
 
 
 class FixedLakeEnv(FrozenLakeEnv):
@@ -77,17 +77,17 @@ def test_solver_on_a_hand_made_map():
 def test_edge_hole_and_goal():
   env = FixedLakeEnv("P_\nOG")
   assert env.reset(Task())[0] == ("You are at the start.\nP _\nO G\n"
-                                  "Around you: up edge, down hole, left edge, right ice.")
+                                  "Around you: hole down; edge up, left.")
   assert step(env, "up") == (
       "You went up. You hit the edge of the lake and stay where you are.\nP _\nO G\n"
-      "Around you: up edge, down hole, left edge, right ice.", 0.0, False, False)
+      "Around you: hole down; edge up, left.", 0.0, False, False)
   assert step(env, "down") == ("You went down. You fell into a hole. Game over.\n_ _\nP G\n"
-                               "Around you: up ice, down edge, left edge, right goal.", 0.0, True, False)
+                               "Around you: edge down, left.", 0.0, True, False)
   env.reset(Task())
-  assert step(env, "right") == ("You went right.\n_ P\nO G\nAround you: up edge, down goal, left ice, right edge.",
+  assert step(env, "right") == ("You went right.\n_ P\nO G\nAround you: edge up, right.",
                                 0.0, False, False)
   assert step(env, "down") == ("You went down. You reached the goal!\n_ _\nO P\n"
-                               "Around you: up ice, down edge, left hole, right edge.", 10.0, True, True)
+                               "Around you: hole left; edge down, right.", 10.0, True, True)
 
 
 def test_truncation_with_valid_moves():
@@ -145,3 +145,12 @@ def test_bad_arguments(kwargs: dict[str, Any], problem: str):
 def test_hopeless_hole_rate_is_a_clear_error():
   with pytest.raises(EnvError, match="no map with a reachable goal"):
     FrozenLakeEnv(size=3, hole_prob=0.999).reset(Task())
+
+
+def test_random_play_explores_the_moves_that_stay_on_the_lake():
+  env = FixedLakeEnv("P_\nOG")
+  env.reset(Task())
+  assert env.admissible_actions() == ["up", "down", "left", "right"]  # an edge move is valid, and does nothing
+  assert env.exploratory_actions() == ["down", "right"]
+  step(env, "right")
+  assert env.exploratory_actions() == ["down", "left"]

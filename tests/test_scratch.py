@@ -10,7 +10,7 @@ from paw_jax.scratch import train_env_tokenizer, warmup_turns
 PROMPT = PromptConfig(history=0, think=False, list_admissible=False)
 
 
-def test_warmup_rows_are_random_actions_in_the_reply_format_with_their_next_observation():
+def test_warmup_rows_are_random_moves_in_the_reply_format_with_their_next_observation():
   env = make("frozenlake", size=3, max_steps=6)
   tokenizer = train_env_tokenizer(env, PROMPT, vocab_size=600, episodes=40, seed=0)
   turns = warmup_turns(env, tokenizer, PROMPT, episodes=20, seed=1)
@@ -23,6 +23,7 @@ def test_warmup_rows_are_random_actions_in_the_reply_format_with_their_next_obse
     assert reply.startswith("<action>") and reply.endswith("</action>")
     chosen.append(reply[len("<action>"):-len("</action>")])
     assert turn.next_observation.startswith(f"You went {chosen[-1]}.")  # the outcome of this very action
+    assert "You hit the edge" not in turn.next_observation  # random play explores moves that do something
   assert set(chosen) == set(MOVES)  # random play uses every action
 
 

@@ -1,6 +1,6 @@
 """End-to-end runs of `python -m paw_jax.main` on the CI-sized default config, each in its own process on one CPU
 device (as a user's run): a run killed after a checkpoint resumes and replays the uninterrupted run, and a short
-seeded run improves its success rate."""
+seeded run improves its success rate. Also: the host loop reports each kind of episode error once."""
 import json
 import os
 import pathlib

@@ -92,6 +92,11 @@ class TextEnv(abc.ABC):
     """The admissible actions in the current state, or None when the env takes free-form actions."""
     return None
 
+  def exploratory_actions(self) -> list[str] | None:
+    """What random play (a scratch model's tokenizer corpus and warm-up) samples from: by default the admissible
+    actions; an env may leave out moves that do nothing."""
+    return self.admissible_actions()
+
   def is_valid(self, action: Action) -> bool:
     """Whether a parsed action may be applied; by default, membership in the admissible list when there is one."""
     admissible = self.admissible_actions()

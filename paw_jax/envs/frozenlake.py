@@ -4,8 +4,8 @@ Maps follow gym's `generate_random_map`: every other cell is a hole with probabi
 redrawn from the same task-seeded generator (so deterministically) until the goal is reachable. Slippery dynamics
 follow gym too: the intended direction w.p. 1/3, each perpendicular one w.p. 1/3. The slip generator is seeded from
 the task as well, so an episode is a function of the task and the action sequence (invalid actions draw nothing).
-An observation is the last move's outcome, the map (one space between cells) and a line naming what lies one step
-away in each direction. Reward: `r_max` (10) on reaching the goal, 0 otherwise; a hole ends the episode as failed.
+An observation is the last move's outcome, the map (one space between cells) and a line naming the holes and edges
+one step away. Reward: `r_max` (10) on reaching the goal, 0 otherwise; a hole ends the episode as failed.
 """
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ class Lake:
     return tuple("".join(symbol(row * self.size + col) for col in range(self.size)) for row in range(self.size))
 
   def surroundings(self, player: int) -> str:
-    """What lies one step away in each direction, in words (the grid alone asks a model to find its own cell)."""
-    def what(cell: int) -> str:
-      return "edge" if cell == player else "hole" if cell in self.holes else "goal" if cell == self.goal else "ice"
-    return "Around you: " + ", ".join(f"{move} {what(ahead)}" for move, ahead in neighbours(self.size)[player].items())
+    """The holes and edges one step away, in words (the grid alone asks a model to find its own cell)."""
+    ahead = neighbours(self.size)[player]
+    holes = [move for move, cell in ahead.items() if cell != player and cell in self.holes]
+    edges = [move for move, cell in ahead.items() if cell == player]
+    parts = [f"{name} {', '.join(moves)}" for name, moves in (("hole", holes), ("edge", edges)) if moves]
+    return "Around you: " + ("; ".join(parts) if parts else "no hole or edge")
 
   def render(self, player: int) -> str:
     row, col = divmod(player, self.size)
@@ -132,6 +134,10 @@ class FrozenLakeEnv(TextEnv):
 
   def admissible_actions(self) -> list[str]:
     return list(MOVES)
+
+  def exploratory_actions(self) -> list[str]:
+    """The moves that stay on the lake: walking into the edge does nothing."""
+    return [move for move, cell in neighbours(self.lake.size)[self.player].items() if cell != self.player]
 
   def _step(self, action: Action) -> tuple[str, float, bool, dict[str, Any]]:
     intended = action.text
