@@ -87,7 +87,7 @@ def test_value_update_is_exact_over_micro_batches_and_fits_returns(setup):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
   adam = make_optimizer(OptimConfig(learning_rate=1e-2, weight_decay=0.0))
-  critic = with_random_head(critic_from_policy(policy))  # the update donated the last one's buffers
+  critic = critic_from_policy(policy)  # as PPO starts it (zero head); the update donated the last one's buffers
   update = jit_update(nnx.graphdef(critic), adam, critic_loss(value_clip=10.0))
   batch = critic_minibatch(tokenizer, critic, turns, 4)
   state = init_state(nnx.state(critic), adam, with_ref=False)
