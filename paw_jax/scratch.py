@@ -4,8 +4,8 @@ Both come from random play (uniform over the env's `exploratory_actions`: the ad
 nothing), so neither carries any signal about which action reaches the goal: the warm-up teaches the reply format
 `<action>...</action>` + end of turn and, through the appended next observation, the env's dynamics (how an action
 changes what the model sees), never which action wins. Leaving out the do-nothing moves makes the warm-up's choice
-depend on the observation (in FrozenLake: not into the edge): measured, a warm-up on uniform labels left a policy
-whose choice ignored the prompt (the same probabilities with a random prompt) and stayed so through RL.
+depend on the observation (in FrozenLake: not into the edge). Measured: after a warm-up on uniform labels, RL got
+stuck at a policy whose choice ignored the prompt (the same move probabilities with a random prompt).
 """
 from __future__ import annotations
 
