@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from paw_jax.prompts import PARTS
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -37,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   # task / instruction: '' keeps the env's task text and the standard format instruction; set them to reword.
   # order: the parts of a turn's message, comma-separated (prompts.PARTS).
   c.prompt = ml_collections.ConfigDict(dict(history=2, think=True, list_admissible=True, system="", task="",
-                                            instruction="", order="task,history,observation,admissible,instruction"))
+                                            instruction="", order=",".join(PARTS)))
 
   c.sampling = ml_collections.ConfigDict(dict(
       temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=512, max_prompt_len=2048, eval_temperature=0.4))
