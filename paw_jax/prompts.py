@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from paw_jax.envs.base import TextEnv
+from paw_jax.envs.base import TextEnv, tagged
 
 
 PARTS = ("task", "history", "observation", "admissible", "instruction")  # the paper's order
@@ -28,7 +28,7 @@ class PromptConfig:
 
 
 def format_instruction(env_cls: type[TextEnv], think: bool) -> str:
-  tags = " or ".join(f"<{t}> </{t}>" for t in env_cls.action_tags)
+  tags = " or ".join(tagged(t, " ") for t in env_cls.action_tags)
   if not think:
     return f"Reply with your action for the current step enclosed within {tags} tags, and nothing else."
   return ("You should first reason step-by-step about the current situation. This reasoning process MUST be "

@@ -13,7 +13,7 @@ import random
 
 import numpy as np
 
-from paw_jax.envs.base import Task, TextEnv
+from paw_jax.envs.base import Task, TextEnv, tagged
 from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.prompts import PromptConfig, chat_messages, render_turn
 from paw_jax.rollout import Turn
@@ -30,7 +30,7 @@ def random_play(env: TextEnv, split: str, episodes: int, seed: int):
       if not admissible:
         break
       action = rng.choice(env.exploratory_actions() or admissible)
-      result = env.step(f"<{env.action_tags[0]}>{action}</{env.action_tags[0]}>")
+      result = env.step(reply_text(type(env), action))
       yield task_text, step, list(history), observation, admissible, action, result.observation
       history.append((observation, action))
       observation, admissible = result.observation, result.info.get("admissible_actions")
@@ -39,7 +39,7 @@ def random_play(env: TextEnv, split: str, episodes: int, seed: int):
 
 
 def reply_text(env_cls: type[TextEnv], action: str) -> str:
-  return f"<{env_cls.action_tags[0]}>{action}</{env_cls.action_tags[0]}>"
+  return tagged(env_cls.action_tags[0], action)
 
 
 def train_env_tokenizer(env: TextEnv, prompt_cfg: PromptConfig, vocab_size: int, episodes: int,

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import pytest
 
-from paw_jax.envs import Action, EnvError, Task, TextEnv, frozenlake, parse_action, sokoban
+from paw_jax.envs import (ENV_NAMES, Action, EnvError, Task, TextEnv, env_class, frozenlake, parse_action, read_jsonl,
+                          sokoban, tagged)
 from paw_jax.envs.play import play
 
 
@@ -102,6 +103,37 @@ def test_parse_action_rejects_long_reply():
   reply = "x" * 90 + "<action>up</action>"
   assert parse_action(reply, ("action",), max_chars=len(reply)) == Action("action", "up")
   assert parse_action(reply, ("action",), max_chars=len(reply) - 1) is None
+
+
+def test_tagged_round_trips_through_parse_action():
+  assert tagged("search", "capital of France") == "<search>capital of France</search>"
+  assert parse_action(tagged("answer", " Paris "), ("search", "answer"), max_chars=100) == Action("answer", "Paris")
+
+
+# --- shared helpers ---------------------------------------------------------------------------------------------
+def test_read_jsonl_numbers_lines_and_skips_blank_ones(tmp_path):
+  path = tmp_path / "data.jsonl"
+  path.write_text('{"a": 1}\n\n  \n{"b": [2]}\n')
+  assert list(read_jsonl(path)) == [(1, {"a": 1}), (4, {"b": [2]})]
+
+
+@pytest.mark.parametrize("bad_line, problem", [
+    ('{"a": 1,}', r"data\.jsonl:2:9: not JSON \(Expecting property name enclosed in double quotes\): '\{\"a\": 1,\}'$"),
+    ("[1, 2]", r"data\.jsonl:2: expected a JSON object, got '\[1, 2\]'$"),
+])
+def test_read_jsonl_names_file_and_line_of_a_bad_line(tmp_path, bad_line: str, problem: str):
+  path = tmp_path / "data.jsonl"
+  path.write_text(f'{{"a": 1}}\n{bad_line}\n{{"c": 3}}\n')
+  with pytest.raises(EnvError, match=problem):
+    list(read_jsonl(path))
+
+
+def test_env_class_takes_registry_names_and_class_paths():
+  assert ENV_NAMES == tuple(sorted(ENV_NAMES)) and "frozenlake" in ENV_NAMES
+  assert env_class("frozenlake") is frozenlake.FrozenLakeEnv
+  assert env_class(f"{__name__}:CounterEnv") is CounterEnv
+  with pytest.raises(EnvError, match=r"^unknown env 'no_such_env'; known: alfworld, "):
+    env_class("no_such_env")
 
 
 # --- the contract on every env ----------------------------------------------------------------------------------

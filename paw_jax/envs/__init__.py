@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from paw_jax.envs.base import Action, EnvError, StepResult, Task, TextEnv, parse_action
+from paw_jax.envs.base import (Action, EnvError, StepResult, Task, TextEnv, error_line, parse_action, read_jsonl,
+                               tagged)
 
 REGISTRY = {
     "alfworld": "paw_jax.envs.alfworld:AlfWorldEnv",
@@ -15,17 +16,27 @@ REGISTRY = {
     "sokoban": "paw_jax.envs.sokoban:SokobanEnv",
     "frozenlake": "paw_jax.envs.frozenlake:FrozenLakeEnv",
 }
+ENV_NAMES = tuple(sorted(REGISTRY))
 
 
 def env_class(name: str) -> type[TextEnv]:
-  if name not in REGISTRY:
-    raise EnvError(f"unknown env '{name}'; known: {', '.join(sorted(REGISTRY))}")
-  module, cls = REGISTRY[name].split(":")
-  return getattr(importlib.import_module(module), cls)
+  """The env class for a registry name or a "package.module:Class" path (so a test can use its own env); EnvError
+  says in one line why it is unavailable."""
+  if ":" not in name and name not in REGISTRY:
+    raise EnvError(f"unknown env '{name}'; known: {', '.join(ENV_NAMES)}")
+  module_name, _, class_name = REGISTRY.get(name, name).partition(":")
+  try:
+    found = getattr(importlib.import_module(module_name), class_name)
+  except Exception as error:  # a missing package, a broken module, a misspelt class
+    raise EnvError(f"env '{name}' is unavailable: {error_line(error)}") from error
+  if not (isinstance(found, type) and issubclass(found, TextEnv)):
+    raise EnvError(f"env '{name}' is not a TextEnv subclass")
+  return found
 
 
 def make(name: str, **kwargs) -> TextEnv:
   return env_class(name)(**kwargs)
 
 
-__all__ = ["Action", "EnvError", "REGISTRY", "StepResult", "Task", "TextEnv", "env_class", "make", "parse_action"]
+__all__ = ["Action", "ENV_NAMES", "EnvError", "REGISTRY", "StepResult", "Task", "TextEnv", "env_class", "make",
+           "parse_action", "read_jsonl", "tagged"]

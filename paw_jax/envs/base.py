@@ -1,4 +1,4 @@
-"""The TextEnv contract every environment follows, and action parsing in one place.
+"""The TextEnv contract every environment follows, action parsing in one place, and the helpers envs share.
 
 An episode: `reset(task)` -> (observation, info); then `step(reply)` with the model's *whole* reply text. The base
 class parses the reply, penalises malformed / non-admissible actions without touching the env state, counts steps,
@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
+import os
 import re
-from typing import Any, ClassVar
+import traceback
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,34 @@ class StepResult:
 
 class EnvError(RuntimeError):
   """An environment could not do what was asked (bad task, missing data); the message names what was wrong."""
+
+
+def error_line(error: BaseException) -> str:
+  """One line naming the exception, its message and where it was raised."""
+  frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith("<")]
+  where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+  return f"{type(error).__name__}: {' '.join(str(error).split())}{where}"
+
+
+def tagged(tag: str, text: str) -> str:
+  """`text` wrapped in `<tag>...</tag>`, the form `parse_action` reads."""
+  return f"<{tag}>{text}</{tag}>"
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Yields (1-based line number, object) per non-blank line; a line that is not a JSON object raises an EnvError
+  naming the file and line."""
+  with Path(path).open(encoding="utf-8") as lines:
+    for line_number, line in enumerate(lines, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as error:
+        raise EnvError(f"{path}:{line_number}:{error.colno}: not JSON ({error.msg}): {line.strip()[:80]!r}") from error
+      if not isinstance(record, dict):
+        raise EnvError(f"{path}:{line_number}: expected a JSON object, got {line.strip()[:80]!r}")
+      yield line_number, record
 
 
 def parse_action(reply: str, tags: tuple[str, ...], max_chars: int) -> Action | None:
@@ -138,7 +170,7 @@ class TextEnv(abc.ABC):
 
   def _invalid_observation(self, reply: str, action: Action | None) -> str:
     if action is None:
-      tags = " or ".join(f"<{t}>...</{t}>" for t in self.action_tags)
+      tags = " or ".join(tagged(t, "...") for t in self.action_tags)
       return f"Invalid action: your reply must end with {tags}. Nothing happens."
     return f"Invalid action: '{action.text[:200]}' is not admissible here. Nothing happens."
 

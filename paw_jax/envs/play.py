@@ -11,8 +11,7 @@ import json
 import sys
 from typing import Any, Iterable, TextIO
 
-from paw_jax.envs import Task, TextEnv
-from paw_jax.envs.pool import resolve_env_class
+from paw_jax.envs import Task, TextEnv, env_class, tagged
 
 
 def play(env: TextEnv, task: Task, lines: Iterable[str], out: TextIO) -> None:
@@ -31,7 +30,7 @@ def play(env: TextEnv, task: Task, lines: Iterable[str], out: TextIO) -> None:
       if line is None or line.strip() == "quit":
         print(file=out)
         return
-      result = env.step(f"<{tag}>{line.strip()}</{tag}>")
+      result = env.step(tagged(tag, line.strip()))
       episode_return += result.reward
       shown = {key: value for key, value in result.info.items() if key != "admissible_actions"}
       print(f"\n{result.observation}\nreward {result.reward:+g}  done {result.done}  {shown}", file=out)
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--kwargs", type=json_object, default={}, help='env constructor arguments: \'{"size": 5}\'')
   args = parser.parse_args(argv)
   try:
-    env = resolve_env_class(args.name)(**args.kwargs)
+    env = env_class(args.name)(**args.kwargs)
   except Exception as error:  # unknown env, missing package, bad kwargs: one line, no traceback
     sys.exit(f"play: cannot make env '{args.name}': {error}")
   try:

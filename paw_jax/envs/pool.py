@@ -24,45 +24,20 @@ Env names are registry names ("sokoban") or class paths ("package.module:Class")
 from __future__ import annotations
 
 import contextlib
-import importlib
 import multiprocessing
-import os
 import signal
 import sys
 import time
-import traceback
 import types
 from multiprocessing.connection import Connection, wait
 from typing import Any, Iterable, Iterator
 
 from paw_jax.envs import EnvError, StepResult, Task, TextEnv, env_class
+from paw_jax.envs.base import error_line
 
 _CONTEXT = multiprocessing.get_context("spawn")
 _CLOSE_GRACE_S = 2.0  # how long close() lets workers release their envs before killing them
 Reply = tuple[bool, Any]  # (ok, value) where value is the result, or the error line when not ok
-
-
-def resolve_env_class(env_name: str) -> type[TextEnv]:
-  """The env class for a registry name or a "package.module:Class" path; EnvError says why it is unavailable."""
-  try:
-    if ":" not in env_name:
-      return env_class(env_name)
-    module_name, _, class_name = env_name.partition(":")
-    found = getattr(importlib.import_module(module_name), class_name)
-  except EnvError:
-    raise
-  except Exception as error:  # a missing package, a broken module, a misspelt class
-    raise EnvError(f"env '{env_name}' is unavailable: {_error_line(error)}") from error
-  if not (isinstance(found, type) and issubclass(found, TextEnv)):
-    raise EnvError(f"env '{env_name}' is not a TextEnv subclass")
-  return found
-
-
-def _error_line(error: BaseException) -> str:
-  """One line naming the exception, its message and where it was raised."""
-  frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith("<")]
-  where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
-  return f"{type(error).__name__}: {' '.join(str(error).split())}{where}"
 
 
 @contextlib.contextmanager
@@ -77,18 +52,18 @@ def _main_module_hidden() -> Iterator[None]:
 
 def _construct(env_name: str, env_kwargs: dict[str, Any]) -> TextEnv:
   try:
-    return resolve_env_class(env_name)(**env_kwargs)
+    return env_class(env_name)(**env_kwargs)
   except EnvError:
     raise
   except Exception as error:
-    raise EnvError(f"env '{env_name}' could not be constructed with {env_kwargs}: {_error_line(error)}") from error
+    raise EnvError(f"env '{env_name}' could not be constructed with {env_kwargs}: {error_line(error)}") from error
 
 
 def _call_env(env: TextEnv, method: str, argument: Any) -> Reply:
   try:
     return True, getattr(env, method)(argument)
   except Exception as error:  # reported to the caller as a failed episode, never lost
-    return False, _error_line(error)
+    return False, error_line(error)
 
 
 def _worker(conn: Connection, env_name: str, env_kwargs: dict[str, Any]) -> None:
@@ -111,7 +86,7 @@ def _worker(conn: Connection, env_name: str, env_kwargs: dict[str, Any]) -> None
     try:
       conn.send((ok, value))
     except Exception as error:  # e.g. an info value that cannot be pickled
-      conn.send((False, f"{method} result could not be sent: {_error_line(error)}"))
+      conn.send((False, f"{method} result could not be sent: {error_line(error)}"))
   env.close()
 
 
@@ -163,7 +138,7 @@ class _ProcessSlot:
     except (EOFError, OSError):
       return False, self.death()
     except Exception as error:  # an answer the parent cannot unpickle
-      return False, f"unreadable answer from the worker: {_error_line(error)}"
+      return False, f"unreadable answer from the worker: {error_line(error)}"
 
   def death(self) -> str:
     self.process.join(timeout=1.0)
@@ -194,7 +169,7 @@ class EnvPool:
       raise ValueError(f"EnvPool: num_envs must be >= 1, got {num_envs}")
     if min(step_timeout_s, reset_timeout_s) <= 0:
       raise ValueError(f"EnvPool: timeouts must be > 0, got step {step_timeout_s}, reset {reset_timeout_s}")
-    self.env_class = resolve_env_class(env_name)  # an unknown name or missing package fails here, once
+    self.env_class = env_class(env_name)  # an unknown name or missing package fails here, once
     self.num_envs, self.step_timeout_s, self.reset_timeout_s = num_envs, step_timeout_s, reset_timeout_s
     self.in_process = in_process
     env_kwargs = dict(env_kwargs or {})

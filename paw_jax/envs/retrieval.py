@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
-from paw_jax.envs.base import EnvError
+from paw_jax.envs.base import EnvError, read_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +41,10 @@ def load_corpus(path: str | Path) -> list[Passage]:
   if not path.is_file():
     raise EnvError(f"corpus file not found: {path}")
   passages = []
-  with path.open(encoding="utf-8") as lines:
-    for line_number, line in enumerate(lines, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        passages.append(passage_from_contents(str(record["id"]), record["contents"]))
-      except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise EnvError(f"{path}:{line_number}: expected {{\"id\", \"contents\"}} JSON, got {line[:80]!r}") from error
+  for line_number, record in read_jsonl(path):
+    if "id" not in record or not isinstance(record.get("contents"), str):
+      raise EnvError(f"{path}:{line_number}: expected {{\"id\", \"contents\": str}}, got {record!r:.80}")
+    passages.append(passage_from_contents(str(record["id"]), record["contents"]))
   if not passages:
     raise EnvError(f"corpus file {path} has no passages")
   return passages

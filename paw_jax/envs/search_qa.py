@@ -15,13 +15,12 @@ single-hop, 30 two-hop), so answers must come from search rather than from pretr
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import string
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from paw_jax.envs.base import Action, EnvError, Task, TextEnv
+from paw_jax.envs.base import Action, EnvError, Task, TextEnv, read_jsonl
 from paw_jax.envs.retrieval import Passage, Retriever, bm25_for_corpus
 
 BUILTIN_DATA_DIR = Path(__file__).parent / "data" / "search_qa"
@@ -51,9 +50,9 @@ def exact_match(prediction: str, golden_answers: Sequence[str]) -> bool:
   return any(normalized == normalize_answer(gold) for gold in golden_answers)
 
 
-def _question_from_record(record: Any, default_id: str, default_source: str) -> Question:
-  if not isinstance(record, dict) or not isinstance(record.get("question"), str):
-    raise ValueError("expected an object with a string 'question'")
+def _question_from_record(record: dict[str, Any], default_id: str, default_source: str) -> Question:
+  if not isinstance(record.get("question"), str):
+    raise ValueError("expected a string 'question'")
   answers = record.get("golden_answers")
   if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
     raise ValueError("'golden_answers' must be a non-empty list of strings")
@@ -63,16 +62,12 @@ def _question_from_record(record: Any, default_id: str, default_source: str) -> 
 
 def load_jsonl_questions(path: str | Path, default_source: str) -> list[Question]:
   """Reads a Search-R1 / FlashRAG question file; a bad line raises EnvError naming the file, line and field."""
-  path = Path(path)
   questions = []
-  with path.open(encoding="utf-8") as lines:
-    for line_number, line in enumerate(lines, start=1):
-      if not line.strip():
-        continue
-      try:
-        questions.append(_question_from_record(json.loads(line), f"{default_source}_{line_number}", default_source))
-      except ValueError as error:  # json.JSONDecodeError is a ValueError
-        raise EnvError(f"{path}:{line_number}: {error}") from error
+  for line_number, record in read_jsonl(path):
+    try:
+      questions.append(_question_from_record(record, f"{default_source}_{line_number}", default_source))
+    except ValueError as error:
+      raise EnvError(f"{path}:{line_number}: {error}") from error
   if not questions:
     raise EnvError(f"question file {path} is empty")
   return questions
