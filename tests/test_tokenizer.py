@@ -1,11 +1,11 @@
-"""Tokenizer: in-process BPE, ChatML rendering, save/load through transformers, SmolLM2 from GGUF, stop strings."""
+"""Tokenizer: in-process BPE, ChatML rendering, save/load through transformers, SmolLM2 from GGUF, stop tokens."""
 from __future__ import annotations
 
 import pytest
 import transformers
 
 from paw_jax.models import assets
-from paw_jax.models.tokenizer import Tokenizer, find_stop, truncate_at_stop
+from paw_jax.models.tokenizer import Tokenizer
 
 CORPUS = [f"You are in room {i}. You see a {obj} on the {place}. > take {obj} from {place}"
           for i, (obj, place) in enumerate([("apple", "table"), ("knife", "counter"), ("mug", "shelf"),
@@ -134,20 +134,6 @@ def test_minilm_wordpiece_without_chat_template():
     tok.token_bytes()
 
 
-@pytest.mark.parametrize("text,stops,end,truncated", [
-    ("<action>go north</action> and more", ["</action>"], 25, "<action>go north</action>"),
-    ("no stop here", ["</action>"], None, "no stop here"),
-    ("anything", [], None, "anything"),
-    ("</action>rest", ["</action>"], 9, "</action>"),
-    ("a STOP b </action>", ["</action>", "STOP"], 6, "a STOP"),
-    ("x </answer>", ["</answer>", "</a"], 5, "x </a"),  # the shorter one completes first while streaming
-    ("a</b></b>", ["</b>"], 5, "a</b>"),
-])
-def test_stop_strings(text, stops, end, truncated):
-  assert find_stop(text, stops) == end
-  assert truncate_at_stop(text, stops) == truncated
-
-
 def test_bad_input(bpe, tmp_path):
   with pytest.raises(ValueError, match="vocab_size=100"):
     Tokenizer.train_bpe(CORPUS, vocab_size=100)
@@ -159,5 +145,3 @@ def test_bad_input(bpe, tmp_path):
     Tokenizer.load(tmp_path / "missing")
   with pytest.raises(ValueError, match=r"messages\[1\] must be a dict"):
     bpe.apply_chat_template([MESSAGES[0], {"role": "user"}])
-  with pytest.raises(ValueError, match="stop strings must be non-empty"):
-    find_stop("text", ["", "x"])

@@ -1,4 +1,4 @@
-"""Tokenizer: a thin wrapper over a transformers fast tokenizer, plus in-process BPE training and stop strings.
+"""Tokenizer: a thin wrapper over a transformers fast tokenizer, plus in-process BPE training and stop tokens.
 
 Loaded from a checkpoint directory (tokenizer.json + tokenizer_config.json), from a GGUF's embedded vocabulary and
 chat template, or an alias ("smollm2"). `train_bpe` builds the byte-level BPE with a ChatML template that the small
@@ -137,19 +137,3 @@ class Tokenizer:
     ids = [self.eos_token_id] + [vocab[token] for token in END_OF_TURN_TOKENS if token in vocab]
     return tuple(dict.fromkeys(ids))
 
-
-def find_stop(text: str, stop_strings: Sequence[str]) -> int | None:
-  """End index of the stop string that completes first reading `text` left to right (None if none occurs).
-
-  `text[:find_stop(...)]` keeps that stop string, as a streaming sampler that halts on it would.
-  """
-  if any(not stop for stop in stop_strings):
-    raise ValueError(f"stop strings must be non-empty, got {list(stop_strings)!r}")
-  ends = [start + len(stop) for stop in stop_strings if (start := text.find(stop)) >= 0]
-  return min(ends, default=None)
-
-
-def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
-  """`text` cut right after its first stop string (kept), or unchanged when none occurs."""
-  end = find_stop(text, stop_strings)
-  return text if end is None else text[:end]
