@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import Decoder, KVCache
 
 
@@ -201,6 +202,13 @@ class Sampler:
     self._stop_table = jnp.asarray(stop_string_table(token_bytes, self.stop_strings))
     self._eos_ids = jnp.asarray(list(self.eos_ids), jnp.int32)
     self.length_buckets = power_of_two_buckets(min(64, self.max_prompt_len), self.max_prompt_len)
+
+  @classmethod
+  def from_tokenizer(cls, graphdef: nnx.GraphDef, tokenizer: Tokenizer, *, vocab_size: int, max_prompt_len: int,
+                     stop_strings: Sequence[str] = ()) -> Sampler:
+    """A sampler that stops at the tokenizer's end-of-turn tokens and pads with its pad token."""
+    return cls(graphdef, tokenizer.token_bytes(), eos_ids=tokenizer.stop_token_ids, pad_id=tokenizer.pad_token_id,
+               stop_strings=tuple(stop_strings), max_prompt_len=max_prompt_len, vocab_size=vocab_size)
 
   def __call__(self, params: nnx.State, prompts: Sequence[Sequence[int]], rng: jax.Array,
                cfg: SamplingConfig) -> list[dict[str, np.ndarray]]:

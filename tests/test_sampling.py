@@ -7,6 +7,7 @@ from flax import nnx
 
 from hf_models import make_hf_model
 from paw_jax.models import hf_io
+from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import positions_from_mask
 from paw_jax.sampling import Sampler, SamplingConfig, generate, sample_logits, stop_string_table
 
@@ -153,3 +154,13 @@ def test_bad_prompts_raise_clear_errors(model):
     sampler(nnx.state(model), [list(range(20))], jax.random.key(0), SamplingConfig())
   with pytest.raises(ValueError, match="top_p"):
     SamplingConfig(top_p=0.0)
+
+
+def test_from_tokenizer_takes_vocabulary_stop_and_pad_tokens_from_the_tokenizer(model):
+  tokenizer = Tokenizer.train_bpe(["<action>go north</action>"] * 8, vocab_size=300)
+  vocab_size = tokenizer.vocab_size + 8  # a model embedding padded past the tokenizer's ids
+  sampler = Sampler.from_tokenizer(nnx.graphdef(model), tokenizer, vocab_size=vocab_size, max_prompt_len=64,
+                                   stop_strings=["</action>"])
+  assert list(sampler.token_bytes) == tokenizer.token_bytes()
+  assert (sampler.eos_ids, sampler.pad_id) == (tokenizer.stop_token_ids, tokenizer.pad_token_id)
+  assert (sampler.stop_strings, sampler.max_prompt_len, sampler.vocab_size) == (("</action>",), 64, vocab_size)

@@ -26,12 +26,6 @@ def load_model_and_tokenizer(name: str, tool: str, **cfg_overrides) -> tuple[Dec
     raise SystemExit(f"{tool}: bad --model {name!r}: {' '.join(str(message).split())}") from None
 
 
-def build_sampler(model, tokenizer: Tokenizer, stop_strings=(), max_prompt_len: int = 1024) -> Sampler:
-  return Sampler(nnx.graphdef(model), tokenizer.token_bytes(), eos_ids=tokenizer.stop_token_ids,
-                 pad_id=tokenizer.pad_token_id, stop_strings=tuple(stop_strings), max_prompt_len=max_prompt_len,
-                 vocab_size=model.cfg.vocab_size)
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", required=True, help="HF directory, .gguf file, or 'smollm2'")
@@ -53,7 +47,8 @@ def main(argv=None) -> None:
     prompt_ids = tokenizer.encode(args.prompt, add_special_tokens=True)
   else:
     prompt_ids = tokenizer.encode_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
-  sampler = build_sampler(model, tokenizer, args.stop, max_prompt_len=max(64, len(prompt_ids)))
+  sampler = Sampler.from_tokenizer(nnx.graphdef(model), tokenizer, vocab_size=model.cfg.vocab_size,
+                                   max_prompt_len=max(64, len(prompt_ids)), stop_strings=args.stop)
   cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        max_new_tokens=args.max_new_tokens)
   params = nnx.state(model)
