@@ -13,8 +13,8 @@ import random
 import time
 from typing import Any, Callable
 
-from paw_jax.envs import REGISTRY, StepResult, Task, TextEnv
-from paw_jax.envs.pool import EnvPool, resolve_env_class
+from paw_jax.envs import REGISTRY, StepResult, Task, TextEnv, env_class, tagged
+from paw_jax.envs.pool import EnvPool
 
 FREE_FORM_ACTION = "look"  # for envs without an admissible list: a command every text game understands
 Resets = Callable[[list[tuple[int, Task]]], list[tuple[str, dict[str, Any]]]]
@@ -34,7 +34,7 @@ def measure(reset: Resets, step: Steps, num_envs: int, action_tag: str, seconds:
   actions = admissible([info for _, info in reset([(slot, Task("train", slot)) for slot in range(num_envs)])])
   steps, start = 0, time.perf_counter()
   while (elapsed := time.perf_counter() - start) < seconds:
-    replies = [f"<{action_tag}>{rng.choice(a) if a else FREE_FORM_ACTION}</{action_tag}>" for a in actions]
+    replies = [tagged(action_tag, rng.choice(a) if a else FREE_FORM_ACTION) for a in actions]
     results = step(list(enumerate(replies)))
     steps += num_envs
     actions = [result.info["admissible_actions"] for result in results]
@@ -58,7 +58,7 @@ def pool_rate(name: str, num_envs: int, seconds: float) -> float:
 
 def row(name: str, num_envs: int, seconds: float) -> tuple[str, str, str]:
   try:
-    env = resolve_env_class(name)()
+    env = env_class(name)()
     try:
       single = single_process_rate(env, seconds)
     finally:

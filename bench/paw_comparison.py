@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
+from paw_jax.config import from_configdict
 from paw_jax.metrics import read_metrics
 from paw_jax.plot import mean_std_by_step, plot_comparison
 from paw_jax.train import train
@@ -38,7 +39,7 @@ def run_config(args, variant: str, seed: int):
 
 
 def label(variant: str, config) -> str:
-  algo = config.algo.advantage
+  algo = config.algo.name
   return f"{variant}: {algo}, no PaW" if variant == "base" else f"{variant}: {algo} + PaW ({config.paw.wm_loss})"
 
 
@@ -86,7 +87,7 @@ def main() -> None:
       run_records = finished_records(config.workdir, config.train.updates)
       if run_records is None:
         print(f"training {variant} seed {seed} in {config.workdir}", flush=True)
-        train(config)
+        train(from_configdict(config))
         run_records = finished_records(config.workdir, config.train.updates)
         if run_records is None:  # e.g. a final checkpoint whose metrics.jsonl was deleted: train() had nothing to do
           raise RuntimeError(f"{config.workdir} has no metrics up to update {config.train.updates}; remove it")

@@ -3,11 +3,11 @@
   python bench/train_step_speed.py [--model scratch|smollm2|PATH] [--batch 64] [--micro_batch 8] [--seq_len 1024]
                                    [--obs_len 256] [--action_len 128] [--steps 10] [--dtype bfloat16] [--peak_tflops X]
 
-One optimizer step (`train_step.jit_update` with `rl_loss`) on a synthetic mini-batch of --batch rows laid out as
-`batching.pack_rows` lays them out: [prompt | response | header + next observation | padding], each length drawn
-per row between half and all of its budget. Base: LossConfig(wm_loss=None) on the same rows cut after the response
+One optimizer step (`learner.jit_update` with `rl_loss`) on a synthetic mini-batch of --batch rows laid out as
+`batch.pack_rows` lays them out: [prompt | response | header + next observation | padding], each length drawn
+per row between half and all of its budget. Base: no WM loss (`rl_loss(..., wm_loss=None)`) on the same rows cut after the response
 (as the trainer packs them without PaW), the advantage being just a per-row number (GRPO and GiGPO cost the same
-here); PaW: wm_loss="cmae", a positive weight on ~75% of the rows (α = 0.75). Both use the same padded length T, so
+here); PaW: `wm_loss="cmae"`, a positive weight on ~75% of the rows (α = 0.75). Both use the same padded length T, so
 the overhead shown is PaW's loss term; appended observations cost more only when they push rows into a longer T
 bucket. tokens/s counts the PaW rows' real tokens for both.
 
@@ -33,11 +33,12 @@ from flax import nnx
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from paw_jax.algos.losses import LossConfig
-from paw_jax.batching import micro_batches
+from paw_jax.batch import micro_batches
+from paw_jax.config import OptimConfig
 from paw_jax.models import hf_io
 from paw_jax.models.config import ModelConfig
 from paw_jax.models.transformer import Decoder
-from paw_jax.train_step import OptimConfig, init_state, jit_update, make_optimizer, rl_loss
+from paw_jax.learner import init_state, jit_update, make_optimizer, rl_loss
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 PEAK_BF16_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0}  # dense, SXM; keyed by device_kind
@@ -82,11 +83,12 @@ def synthetic_batch(args, vocab_size: int, rng: np.random.Generator) -> dict[str
   return batch
 
 
-def time_step(graphdef, params, loss_cfg: LossConfig, batch, steps: int) -> dict[str, float | None]:
+def time_step(graphdef, params, loss_cfg: LossConfig, wm_loss: str | None, batch,
+              steps: int) -> dict[str, float | None]:
   optimizer = make_optimizer(OptimConfig())
   state = init_state(jax.tree.map(jnp.copy, params), optimizer, with_ref=False)  # the step donates its state
   start = time.perf_counter()
-  step = jit_update(graphdef, optimizer, rl_loss(loss_cfg)).lower(state, batch).compile()
+  step = jit_update(graphdef, optimizer, rl_loss(loss_cfg, wm_loss)).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   mem = step.memory_analysis()
   state, _ = jax.block_until_ready(step(state, batch))
@@ -121,16 +123,15 @@ def main() -> None:
   graphdef, params = nnx.split(model)
   del model
   batch = synthetic_batch(args, cfg.vocab_size, np.random.default_rng(0))
-  # Without PaW a row ends at its response (batching.BatchConfig.with_observation=False), in the same T bucket.
+  # Without PaW a row ends at its response (`pack_rows(..., with_observation=False)`), in the same T bucket.
   response_end_Bx1 = (np.arange(args.seq_len)[None] * batch["action_mask_BxT"]).max(1, keepdims=True) + 1
   base_batch = {**batch, "mask_BxT": np.arange(args.seq_len)[None] < response_end_Bx1,
                 "obs_mask_BxT": np.zeros_like(batch["obs_mask_BxT"]),
                 "wm_weight_B": np.zeros_like(batch["wm_weight_B"])}
   real_tokens = int(batch["mask_BxT"].sum())
   on_device = lambda b: jax.device_put(micro_batches(b, args.micro_batch))  # noqa: E731
-  base = time_step(graphdef, params, LossConfig(kl_coef=args.kl_coef, wm_loss=None), on_device(base_batch),
-                   args.steps)
-  paw = time_step(graphdef, params, LossConfig(kl_coef=args.kl_coef, wm_loss="cmae"), on_device(batch), args.steps)
+  base = time_step(graphdef, params, LossConfig(kl_coef=args.kl_coef), None, on_device(base_batch), args.steps)
+  paw = time_step(graphdef, params, LossConfig(kl_coef=args.kl_coef), "cmae", on_device(batch), args.steps)
 
   kind = jax.devices()[0].device_kind
   peak_tflops = args.peak_tflops or PEAK_BF16_TFLOPS.get(kind)

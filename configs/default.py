@@ -12,7 +12,7 @@ the dynamics (without it, a fresh model's clipped-MAE WM loss sits at p ≈ 0, w
 moves carry no task signal: which move wins is left to RL. The learning rate is the scale that moves a fresh small
 model (the paper's 1e-6 is for 1.5B+); with Qwen3's q/k norms 1e-3 is stable (it collapsed without them).
 """
-from paw_jax.config_base import base_config
+from paw_jax.config import base_config
 
 
 def get_config(arg: str = ""):
@@ -38,7 +38,7 @@ def get_config(arg: str = ""):
   c.batch.max_obs_tokens = 64
   c.batch.micro_batch = 32
   c.batch.mini_batch = 128  # several optimizer steps per update: more learning per (costly) rollout
-  c.algo.advantage = "gigpo"  # grid states repeat within a group: step-level credit on top of GRPO's
+  c.algo.name = "gigpo"  # grid states repeat within a group: step-level credit on top of GRPO's
   c.algo.group_size = 8
   c.algo.groups_per_update = 8
   c.algo.loss.kl_coef = 0.0

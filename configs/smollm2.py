@@ -12,7 +12,7 @@ so the reply is just `<action>...</action>` (think=False); a short SFT on random
 format (no task signal). A model this small moves at ~1e-5, ten times the paper's 1e-6 for 1.5B+.
 """
 from paw_jax import paper_configs
-from paw_jax.config_base import base_config
+from paw_jax.config import base_config
 
 ENVS = {  # kwargs: boards a 135M model can solve within the step limit
     "frozenlake": dict(size=4, hole_prob=0.2, max_steps=12),
@@ -40,7 +40,7 @@ def get_config(arg: str = ""):
   c.batch.max_len = 512  # prompt + response + obs header + obs
   c.batch.micro_batch = 64
   c.batch.mini_batch = 256
-  c.algo.advantage = "grpo"
+  c.algo.name = "grpo"
   c.algo.group_size = 8
   c.algo.groups_per_update = 16
   c.algo.loss.kl_coef = 0.01

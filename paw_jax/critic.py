@@ -1,4 +1,4 @@
-"""PPO's critic: a copy of the policy decoder with a scalar value head, trained by its own optimizer.
+"""PPO's critic, a Learner plug-in: a copy of the policy decoder with a scalar value head and its own optimizer.
 
 Values are turn-level (as verl-agent's step-wise PPO): V(h_t) is read from the final hidden state of the last prompt
 token, one value per row, so GAE runs over the turns of a trajectory. The head starts at zero (V = 0 everywhere), so
@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
+from typing import Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from paw_jax import sharding
 from paw_jax.algos.losses import value_loss
+from paw_jax.batch import TrainBatch
+from paw_jax.config import CriticConfig, OptimConfig
+from paw_jax.learner import LossFn, TrainState, init_state, jit_update, make_optimizer
 from paw_jax.models.transformer import Decoder
-from paw_jax.train_step import LossFn
 
 
 class Critic(nnx.Module):
@@ -57,3 +64,31 @@ def critic_loss(value_clip: float) -> LossFn:
 def jit_values(graphdef: nnx.GraphDef):
   """(params, batch with tokens/mask/action_mask) -> value_B, jitted: the critic's values before an update."""
   return jax.jit(lambda params, batch: values(graphdef, params, batch))
+
+
+class CriticPlugin:
+  """The Learner plug-in: fills `old_value_B` before the advantages (GAE) and steps on every mini-batch."""
+  name = "critic"
+
+  def __init__(self, policy: Decoder, optim: OptimConfig, cfg: CriticConfig, mesh: jax.sharding.Mesh):
+    critic = critic_from_policy(policy)
+    self.graphdef, params = nnx.split(critic)
+    nnx.replace_by_pure_dict(params, jax.device_put(nnx.to_pure_dict(params), sharding.param_shardings(critic, mesh)))
+    self.mesh = mesh
+    optimizer = make_optimizer(dataclasses.replace(optim, learning_rate=cfg.learning_rate))
+    self.state: TrainState = init_state(params, optimizer, with_ref=False)
+    self._update = jit_update(self.graphdef, optimizer, critic_loss(cfg.value_clip))
+    self._values = jit_values(self.graphdef)
+
+  def device_pass(self, batch: TrainBatch, micro_batch: int) -> None:
+    """The critic's value of every row, micro-batch by micro-batch (fetched once)."""
+    keys = ("tokens_BxT", "mask_BxT", "action_mask_BxT")
+    chunks = []  # device arrays: dispatched back to back, fetched once below
+    for start in range(0, batch.num_rows, micro_batch):
+      rows = sharding.shard_rows({k: getattr(batch, k)[start:start + micro_batch] for k in keys}, self.mesh)
+      chunks.append(self._values(self.state.params, rows))
+    batch.old_value_B = np.where(batch.valid_B, np.concatenate(jax.device_get(chunks)), 0.0).astype(np.float32)
+
+  def step(self, minibatch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    self.state, metrics = self._update(self.state, minibatch)
+    return metrics

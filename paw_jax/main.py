@@ -1,22 +1,65 @@
 """Entry point: `python -m paw_jax.main --config=configs/default.py[:variant] [--config.a.b=value ...]`.
 
-The config file's `get_config(arg)` returns the run's ConfigDict; any field can be overridden on the command line.
+The config file's `get_config(arg)` returns the run's ConfigDict; any field can be overridden on the command line. The
+whole config is converted and checked before anything is built: a user error (a missing file, an unknown or
+misspelt field, a wrong type, a value out of range) exits with status 2 and one line naming it; `--debug` shows the
+traceback. Library logs are at WARNING unless `--verbosity=0` (absl's INFO) or higher is given.
 """
 from __future__ import annotations
 
-from absl import app
+import sys
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
                                           lock_config=True)
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a configuration error.")
+
+
+def _user_error(error: BaseException) -> None:
+  """One line on stderr and exit status 2 (the traceback only with --debug)."""
+  if "--debug" in sys.argv or "--debug=true" in sys.argv:
+    raise error
+  print(f"paw_jax: {_one_line(error)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _one_line(error: BaseException) -> str:
+  """The most informative message along the exception's chain (config_flags wraps the useful one), on one line."""
+  chain = []
+  while error is not None and len(chain) < 5:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  text = max((str(e) for e in chain), key=len).replace("\\n", " ").replace("\\'", "'")
+  text = " ".join(text.split())
+  return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag, config file or override reported as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as error:  # noqa: BLE001 -- config_flags raises several kinds; each is a user error here
+    _user_error(error)
 
 
 def main(argv) -> None:
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and jax log INFO through absl: quiet unless asked
+  from paw_jax.config import ConfigError, from_configdict  # after flag parsing: JAX loads only when a run is asked for
+  try:
+    config = from_configdict(_CONFIG.value)
+  except (OSError, ConfigError) as error:
+    _user_error(error)
   from paw_jax.distributed import maybe_initialize_distributed
   maybe_initialize_distributed()  # multi-process launches (launch/); a no-op on one process
-  from paw_jax.train import train  # after flag parsing: JAX starts only when a run is asked for
-  final = train(_CONFIG.value)
+  from paw_jax.train import train
+  try:
+    final = train(config)
+  except ConfigError as error:  # found once the tokenizer or the workdir is read: before any model is built
+    _user_error(error)
   if final:
     width = max(len(k) for k in final)
     print("\nfinal evaluation")
@@ -25,4 +68,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,33 +1,84 @@
-"""Metrics out of a run: JSONL + TensorBoard writer, host reduction of step sums, phase timer, progress bar.
+"""The metrics contract of a run: which names the loop emits, the progress bar shows and the plot draws (`METRICS`),
+the JSONL + TensorBoard writer, and the host reduction of a step's sums.
 
-Key names are '/'-grouped: `train/success`, `eval/success/<task type>`, `paw/lambda_mean`, `time/rollout`;
-`paw_jax.plot` draws them.
-
-Sums convention: a jitted step returns additive scalars so that mini-batches and devices can be added before
-dividing. A mean is returned as the pair `<name>_sum`, `<name>_count`; `reduce_sums` turns the pair into `<name>`.
-Any other key passes through (added up when several step dicts are given, so it must be additive there).
+Key names are '/'-grouped: `rollout/success`, `eval/success/<task type>`, `train/policy_loss`, `paw/lambda_mean`,
+`critic/value_loss`, `time/rollout`. A jitted step returns additive scalars (token means already divided by the
+mini-batch's count, WM sums as sums) so that micro-batches add up; `reduce_step_metrics` averages them over an update's
+mini-batches on the host.
 """
 from __future__ import annotations
 
-import collections
-import contextlib
+import dataclasses
 import json
 import logging
 import math
 import numbers
+import os
 import pathlib
-import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 METRICS_FILE = "metrics.jsonl"
-SUM_SUFFIX, COUNT_SUFFIX = "_sum", "_count"
-# What the progress bar shows when present, under a short label.
-POSTFIX_KEYS = {"train/success": "succ", "eval/success": "eval", "train/return": "ret", "loss": "loss",
-                "paw/lambda_mean": "λ"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  title: str
+  ylabel: str
+  unit_interval: bool = False  # rates: the y axis is fixed to [0, 1] so runs compare at a glance
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  pattern: str  # the key, or an fnmatch pattern for a family (one key per task type, per phase)
+  panel: Panel  # where the plot draws it
+  when: str = ""  # '' always emitted; else the setting that makes the loop emit it: paw, ppo, kl, entropy
+  bar: str = ""  # the progress bar's label for it ('' not shown)
+
+
+_SUCCESS = Panel("Success rate", "success rate", unit_interval=True)
+_RETURN = Panel("Episode return", "return")
+_KL = Panel("KL to reference", "KL")
+_ENTROPY = Panel("Action entropy", "nats / token")
+METRICS: tuple[Metric, ...] = (
+    Metric("rollout/success", _SUCCESS, bar="succ"),
+    Metric("eval/success", _SUCCESS, bar="eval"),
+    Metric("*/success/*", Panel("Success by task type", "success rate", unit_interval=True)),
+    Metric("rollout/return", _RETURN),
+    Metric("eval/return", _RETURN),
+    Metric("train/policy_loss", Panel("Policy loss", "loss")),
+    Metric("train/approx_kl", _KL),
+    Metric("train/kl", _KL, when="kl"),
+    Metric("train/clip_frac", Panel("PPO clip fraction", "fraction of tokens")),
+    Metric("critic/value_loss", Panel("Critic value loss", "loss"), when="ppo"),
+    Metric("paw/lambda_mean", Panel("PaW mean λ", "λ"), when="paw"),
+    Metric("paw/wm_loss", Panel("World-model loss", "loss"), when="paw"),
+    Metric("paw/clipped_ratio", Panel("Clipped-token ratio (p > ρ)", "fraction of obs tokens"), when="paw"),
+    Metric("paw/selected", Panel("WM rows selected", "rows"), when="paw"),
+    Metric("paw/action_entropy", _ENTROPY, when="paw"),
+    Metric("train/entropy", _ENTROPY, when="entropy"),
+    Metric("*/invalid_rate", Panel("Invalid-action rate", "rate", unit_interval=True)),
+    Metric("rollout/response_tokens", Panel("Response length", "tokens")),
+    Metric("time/*", Panel("Time per phase", "seconds")),
+)
+PANELS: tuple[Panel, ...] = tuple(dict.fromkeys(m.panel for m in METRICS))
+
+
+def reduce_step_metrics(step_metrics: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, float]:
+  """An update's metrics from its mini-batch steps' (host) sums: token means are averaged over the mini-batches
+  under `prefix/`; PaW's WM sums become `paw/wm_loss` (mean ℓ of a selected row) and `paw/clipped_ratio`."""
+  if not step_metrics:
+    return {}
+  summed = {k: float(sum(np.asarray(m[k]) for m in step_metrics)) for k in step_metrics[0]}
+  out = {f"{prefix}/{k}": v / len(step_metrics) for k, v in summed.items() if not k.startswith("wm/")}
+  out[f"{prefix}/skipped"] = summed["skipped"]
+  if "wm/rows" in summed:
+    out["paw/wm_loss"] = summed["wm/loss_sum"] / max(summed["wm/rows"], 1)
+    out["paw/clipped_ratio"] = summed["wm/clipped_tokens"] / max(summed["wm/obs_tokens"], 1)
+  return out
 
 
 def _scalar(name: str, value: Any) -> int | float | None:
@@ -44,10 +95,12 @@ def _scalar(name: str, value: Any) -> int | float | None:
 class MetricsWriter:
   """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl (and TensorBoard scalars to workdir/tb).
 
-  Every line is flushed, so a killed run keeps what it logged. Only process 0 writes.
+  Every line is flushed, so a killed run keeps what it logged. `keep_through`: the step a run resumes after (its
+  checkpoint's); records of later steps, logged by the killed run after that checkpoint, are cut first, so the file
+  holds each step once. Only process 0 writes.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, use_tensorboard: bool = True):
+  def __init__(self, workdir: str | pathlib.Path, keep_through: int | None = None, use_tensorboard: bool = True):
     self.workdir = pathlib.Path(workdir)
     self._primary = jax.process_index() == 0
     self._file = None
@@ -56,10 +109,9 @@ class MetricsWriter:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
     path = self.workdir / METRICS_FILE
-    ends_mid_line = _ends_mid_line(path)
+    if path.is_file():
+      _cut_after(path, keep_through)
     self._file = path.open("a", encoding="utf-8")
-    if ends_mid_line:
-      self._file.write("\n")  # a killed run left half a line: keep the next record on a line of its own
     if use_tensorboard:
       from tensorboardX import SummaryWriter  # slow import: only when asked for
       self._tb = SummaryWriter(logdir=str(self.workdir / "tb"))
@@ -91,89 +143,41 @@ class MetricsWriter:
     self.close()
 
 
-def _ends_mid_line(path: pathlib.Path) -> bool:
-  if not path.is_file() or not path.stat().st_size:
-    return False
-  with path.open("rb") as f:
-    f.seek(-1, 2)
-    return f.read(1) != b"\n"
+def _cut_after(path: pathlib.Path, step: int | None) -> None:
+  """Rewrites `path` (atomically) without the records after `step` (None: keeps all) and half-written lines."""
+  kept = [record for record in _records(path) if step is None or record["step"] <= step]
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+  os.replace(tmp, path)
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
-  """The records of workdir/metrics.jsonl in order, as one run would have written them.
-
-  A resumed run re-logs the steps after its checkpoint: when the step goes back, the earlier records from that step
-  on are dropped. Unreadable lines (half-written by a killed run) are skipped with a warning.
-  """
-  path = pathlib.Path(workdir) / METRICS_FILE
-  if not path.is_file():
-    raise FileNotFoundError(f"no {METRICS_FILE} in {workdir}")
+def _records(path: pathlib.Path) -> list[dict[str, Any]]:
   records, bad_lines = [], []
   for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
     if not line.strip():
       continue
     try:
       record = json.loads(line)
-      step = int(record["step"])
+      record["step"] = int(record["step"])
     except (ValueError, KeyError, TypeError):
       bad_lines.append(number)
       continue
-    if records and step < records[-1]["step"]:  # resumed from an earlier checkpoint: these steps are re-logged
-      records = [r for r in records if r["step"] < step]
     records.append(record)
   if bad_lines:
     logging.warning("%s: skipped unreadable lines %s", path, bad_lines)
   return records
 
 
-def reduce_sums(sums: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, float]:
-  """Host means from a step's sums (or several steps' sums, added first): `x_sum / x_count` -> `x`.
-
-  A mean over a zero count is left out (nothing to report, e.g. no world-model rows selected this step).
-  """
-  steps = [sums] if isinstance(sums, Mapping) else list(sums)
-  totals: dict[str, float] = collections.defaultdict(float)
-  for step_sums in jax.device_get(steps):  # one transfer for the whole list
-    for name, value in step_sums.items():
-      totals[name] += float(np.asarray(value))
-  reduced = {}
-  for name, value in totals.items():
-    if name.endswith(SUM_SUFFIX):
-      base = name[:-len(SUM_SUFFIX)]
-      if base + COUNT_SUFFIX not in totals:
-        raise KeyError(f"reduce_sums: '{name}' has no denominator '{base + COUNT_SUFFIX}'")
-      if totals[base + COUNT_SUFFIX]:
-        reduced[base] = value / totals[base + COUNT_SUFFIX]
-    elif not (name.endswith(COUNT_SUFFIX) and name[:-len(COUNT_SUFFIX)] + SUM_SUFFIX in totals):
-      reduced[name] = value
-  return reduced
-
-
-class Timer:
-  """Wall time per phase: `with timer("rollout"): ...`; `timer.pop()` -> {"time/rollout": s, ...} and resets.
-
-  JAX dispatch is asynchronous: block on the phase's outputs inside the `with` or its time lands in a later phase.
-  """
-
-  def __init__(self):
-    self._seconds: dict[str, float] = collections.defaultdict(float)
-
-  @contextlib.contextmanager
-  def __call__(self, phase: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-      yield
-    finally:
-      self._seconds[phase] += time.perf_counter() - start
-
-  def pop(self) -> dict[str, float]:
-    seconds = {f"time/{phase}": s for phase, s in self._seconds.items()}
-    self._seconds.clear()
-    return seconds
+def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The records of workdir/metrics.jsonl in order; unreadable lines (half-written by a killed run) are skipped."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"no {METRICS_FILE} in {workdir}")
+  return _records(path)
 
 
 class ProgressBar:
-  """A tqdm bar over training steps whose postfix shows the latest success rate, return, loss and λ."""
+  """A tqdm bar over training steps whose postfix shows the METRICS that have a `bar` label (latest values)."""
 
   def __init__(self, total: int, initial: int = 0, desc: str = "train"):
     self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
@@ -181,10 +185,10 @@ class ProgressBar:
     self._postfix: dict[str, str] = {}
 
   def update(self, metrics: Mapping[str, Any] | None = None, steps: int = 1) -> None:
-    """Advances by `steps`; shows the POSTFIX_KEYS present in `metrics` (others keep their last value)."""
-    for key, label in POSTFIX_KEYS.items():
-      if metrics and metrics.get(key) is not None:
-        self._postfix[label] = f"{float(metrics[key]):.3g}"
+    """Advances by `steps`; shows the bar's metrics present in `metrics` (others keep their last value)."""
+    for metric in METRICS:
+      if metric.bar and metrics and metrics.get(metric.pattern) is not None:
+        self._postfix[metric.bar] = f"{float(metrics[metric.pattern]):.3g}"
     self._bar.set_postfix(self._postfix, refresh=False)
     self._bar.update(steps)
 

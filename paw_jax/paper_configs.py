@@ -4,7 +4,7 @@ A variant string is comma-separated key=value pairs, e.g. `configs/webshop.py:mo
   model      a key of MODELS
   model_dir  the checkpoint directory; default $PAW_MODEL_DIR/<HF repo id>, PAW_MODEL_DIR defaulting to ~/models
              (so `huggingface-cli download Qwen/Qwen2.5-1.5B-Instruct --local-dir ~/models/Qwen/Qwen2.5-1.5B-Instruct`)
-  algo       grpo | gigpo | rloo | ppo (GAE with a critic)
+  algo       a name of algos.advantages.ADVANTAGES: grpo | gigpo | rloo | ppo (GAE with a critic)
   paw        on (PaW) | off (the base algorithm) | ce (ablation: CE instead of clipped MAE) | lambda1 (ablation: λ=1)
 A config file may add keys of its own; an unknown key or value is a ValueError that names the known ones.
 """
@@ -14,7 +14,8 @@ import os
 
 import ml_collections
 
-from paw_jax.config_base import base_config
+from paw_jax.algos.advantages import ADVANTAGES
+from paw_jax.config import base_config
 
 MODELS = {  # variant name -> HF repo id (the paper's models)
     "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
@@ -24,7 +25,6 @@ MODELS = {  # variant name -> HF repo id (the paper's models)
     "qwen3-1.7b": "Qwen/Qwen3-1.7B",
     "llama3.2-3b": "meta-llama/Llama-3.2-3B-Instruct",
 }
-ALGOS = {"grpo": "grpo", "gigpo": "gigpo", "rloo": "rloo", "ppo": "gae"}  # variant name -> algo.advantage
 PAW_MODES = ("on", "off", "ce", "lambda1")
 
 
@@ -64,7 +64,7 @@ def paper_config(env: str, arg: str, default_model: str,
   `extra_keys`: the config file's own variant keys with their defaults.
   """
   v = parse_variant(arg, model=default_model, model_dir="", algo="grpo", paw="on", **extra_keys)
-  model, algo, paw = choice(v, "model", MODELS), choice(v, "algo", ALGOS), choice(v, "paw", PAW_MODES)
+  model, algo, paw = choice(v, "model", MODELS), choice(v, "algo", ADVANTAGES), choice(v, "paw", PAW_MODES)
   c = base_config()
   c.workdir = f"runs/{env}/{model}-{algo}-paw_{paw}"  # one variant, one workdir: auto-resume never mixes runs
   c.env.name = env
@@ -90,7 +90,7 @@ def paper_config(env: str, arg: str, default_model: str,
   # dominated by the fp32 logits, ~0.6 MB per token of a 150k vocabulary: lower it on small-memory devices.
   c.batch.micro_batch = 16
 
-  c.algo.advantage = ALGOS[algo]
+  c.algo.name = algo
   c.algo.epochs = 1  # one pass over each update's rows (verl's ppo_epochs)
   c.algo.loss.policy_loss = "ppo_clip"
   c.algo.loss.clip_low = c.algo.loss.clip_high = 0.2
@@ -100,7 +100,7 @@ def paper_config(env: str, arg: str, default_model: str,
   c.algo.adv.step_weight = 1.0  # GiGPO ω
   c.algo.adv.step_gamma = 0.95  # GiGPO γ
   c.algo.adv.gae_gamma = c.algo.adv.gae_lambda = 1.0  # PPO: verl's defaults
-  # PPO's critic learning rate (1e-5 in the paper) has no setting yet: the trainer builds no critic.
+  c.critic.learning_rate = 1e-5  # PPO's critic (the paper's); its value clip is verl's 0.5
 
   c.paw.enabled = paw != "off"
   c.paw.alpha = 0.75  # top 75% of the update's transitions by action entropy get the WM loss

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fnmatch
 import math
 import pathlib
@@ -15,36 +14,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure  # object API: renders with Agg, no pyplot state or display needed
 
-from paw_jax.metrics import read_metrics
+from paw_jax.metrics import METRICS, PANELS, Panel, read_metrics
 
 SMOOTHING = 0.6  # TensorBoard-style EMA weight for noisy curves
 MIN_POINTS_TO_SMOOTH = 30  # sparse curves (e.g. eval every N steps) are drawn as they are
-
-
-@dataclasses.dataclass(frozen=True)
-class Panel:
-  title: str
-  ylabel: str
-  patterns: tuple[str, ...]  # fnmatch patterns over metric keys; the train loop may prefix names with "train/"
-  unit_interval: bool = False  # rates: fix the y axis to [0, 1] so runs compare at a glance
-
-
-PANELS = (
-    Panel("Success rate", "success rate", ("train/success", "eval/success"), unit_interval=True),
-    Panel("Success by task type", "success rate", ("*/success/*",), unit_interval=True),
-    Panel("Episode return", "return", ("*/return",)),
-    Panel("Policy loss", "loss", ("policy_loss", "*/policy_loss")),
-    Panel("KL to reference", "KL", ("kl", "*/kl", "approx_kl", "*/approx_kl")),
-    Panel("PPO clip fraction", "fraction of tokens", ("clip_frac", "*/clip_frac")),
-    Panel("PaW mean λ", "λ", ("paw/lambda_mean",)),
-    Panel("World-model loss", "loss", ("paw/wm_loss", "wm/loss")),
-    Panel("Clipped-token ratio (p > ρ)", "fraction of obs tokens", ("paw/clipped_ratio", "wm/clipped_ratio")),
-    Panel("WM rows selected", "rows", ("paw/selected",)),
-    Panel("Action entropy", "nats / token", ("paw/action_entropy", "entropy", "*/entropy")),
-    Panel("Invalid-action rate", "rate", ("*/invalid_rate",), unit_interval=True),
-    Panel("Response length", "tokens", ("*response_len*",)),
-    Panel("Time per phase", "seconds", ("time/*",)),
-)
 
 
 def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -76,11 +49,12 @@ def mean_std_by_step(records: Sequence[Mapping[str, Any]],
 
 
 def _matches(key: str, panel: Panel) -> bool:
-  return any(fnmatch.fnmatchcase(key, pattern) for pattern in panel.patterns)
+  return any(fnmatch.fnmatchcase(key, m.pattern) for m in METRICS if m.panel == panel)
 
 
 def panels_with_data(records: Sequence[Mapping[str, Any]]) -> list[tuple[Panel, list[str]]]:
-  """Each panel with the keys it draws that have at least one finite value; panels with none are left out."""
+  """Each panel of the metrics contract with the keys it draws that have a finite value; panels with none are left
+  out."""
   keys = sorted({k for r in records for k in r if k != "step"})
   panels = []
   for panel in PANELS:
@@ -109,7 +83,7 @@ def _draw(ax, steps: np.ndarray, values: np.ndarray, label: str) -> None:
 
 
 def plot_run(workdir: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> pathlib.Path:
-  """Writes learning_curves.png: one panel per PANELS entry that has data; missing keys are skipped."""
+  """Writes learning_curves.png: one panel per metrics.PANELS entry that has data; missing keys are skipped."""
   records = read_metrics(workdir)
   panels = panels_with_data(records)
   if not panels:

@@ -16,11 +16,10 @@ class PromptConfig:
   history: int = 2  # last K (observation, action) pairs; -1 = the full history (search-QA)
   think: bool = True  # ask for <think>...</think> before the action
   list_admissible: bool = True  # False when the task text already names every action (short prompts)
-  system: str | None = None  # an optional system message
+  system: str = ""  # an optional system message
   task: str = ""  # replaces the env's own task text ('' keeps it): a shorter wording for a small model
   instruction: str = ""  # replaces the format instruction ('' keeps the standard one)
   order: tuple[str, ...] = PARTS
-  obs_header: str = "\nObservation: "  # PaW: fixed header before the appended next observation
 
   def __post_init__(self):
     if sorted(self.order) != sorted(PARTS):

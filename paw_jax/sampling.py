@@ -29,7 +29,12 @@ class SamplingConfig:
   temperature: float = 1.0  # 0 = greedy
   top_k: int = 0  # 0 = off
   top_p: float = 1.0  # 1 = off
-  max_new_tokens: int = 256
+  max_new_tokens: int = 512
+  max_prompt_len: int = 2048  # the run's prompt cap (the Sampler's length buckets go up to it)
+  eval_temperature: float = 0.4  # evaluation's temperature (the paper's); `for_eval()` samples with it
+
+  def for_eval(self) -> SamplingConfig:
+    return dataclasses.replace(self, temperature=self.eval_temperature)
 
   def __post_init__(self):
     if self.temperature < 0:

@@ -9,14 +9,16 @@ import optax
 import pytest
 from flax import nnx
 
-from paw_jax.batching import BatchConfig, micro_batches, pack_rows
-from paw_jax.critic import critic_from_policy, critic_loss, jit_values
+from paw_jax.batch import micro_batches, pack_rows
+from paw_jax.config import BatchConfig, CriticConfig, OptimConfig
+from paw_jax.critic import CriticPlugin, critic_from_policy, critic_loss, jit_values
 from paw_jax.envs import make
 from paw_jax.models.config import ModelConfig
 from paw_jax.models.transformer import Decoder
 from paw_jax.prompts import PromptConfig
+from paw_jax.sharding import make_mesh
 from paw_jax.scratch import train_env_tokenizer, warmup_turns
-from paw_jax.train_step import OptimConfig, init_state, jit_update, make_optimizer
+from paw_jax.learner import init_state, jit_update, make_optimizer
 
 PROMPT = PromptConfig(history=1, think=False)
 BATCH = BatchConfig(max_len=384, max_obs_tokens=40, micro_batch=4)
@@ -41,7 +43,7 @@ def with_random_head(critic, seed=1):
 def test_value_is_read_at_the_last_prompt_token_and_ignores_what_follows(setup):
   tokenizer, policy, turns = setup
   critic = with_random_head(critic_from_policy(policy))
-  batch = pack_rows(turns, tokenizer, BATCH)
+  batch = pack_rows(turns, tokenizer, BATCH, with_observation=True).step_inputs("sampler")
   value_B = np.asarray(jit_values(nnx.graphdef(critic))(nnx.state(critic), batch))
   for b, turn in enumerate(turns):
     prompt_BxT = jnp.asarray([turn.prompt_ids])
@@ -49,7 +51,8 @@ def test_value_is_read_at_the_last_prompt_token_and_ignores_what_follows(setup):
     hidden = critic.backbone.hidden_states(prompt_BxT, positions, jnp.ones_like(prompt_BxT, bool))[0]
     expected = float(hidden[0, -1] @ critic.value_head[...] + 0.3)
     np.testing.assert_allclose(value_B[b], expected, rtol=1e-5, atol=1e-5)
-  no_obs = pack_rows([dataclasses.replace(t, next_observation="") for t in turns], tokenizer, BATCH)
+  no_obs = pack_rows([dataclasses.replace(t, next_observation="") for t in turns], tokenizer, BATCH,
+                     True).step_inputs("sampler")
   value_no_obs_B = np.asarray(jit_values(nnx.graphdef(critic))(nnx.state(critic), no_obs))
   np.testing.assert_allclose(value_no_obs_B[:len(turns)], value_B[:len(turns)], atol=1e-5)
 
@@ -61,12 +64,12 @@ def test_critic_starts_as_a_copy_of_the_policy_and_at_zero(setup):
   for p, c in zip(policy_leaves, critic_leaves, strict=True):
     np.testing.assert_array_equal(p, c)
     assert p.unsafe_buffer_pointer() != c.unsafe_buffer_pointer()  # a copy: the critic's updates stay its own
-  batch = pack_rows(turns, tokenizer, BATCH)
+  batch = pack_rows(turns, tokenizer, BATCH, with_observation=True).step_inputs("sampler")
   assert not np.asarray(jit_values(nnx.graphdef(critic))(nnx.state(critic), batch)).any()
 
 
 def critic_minibatch(tokenizer, critic, turns, micro_batch):
-  batch = pack_rows(turns, tokenizer, dataclasses.replace(BATCH, micro_batch=micro_batch))
+  batch = pack_rows(turns, tokenizer, dataclasses.replace(BATCH, micro_batch=micro_batch), True).step_inputs("sampler")
   n = len(batch["valid_B"])
   batch["old_value_B"] = np.asarray(jit_values(nnx.graphdef(critic))(nnx.state(critic), batch))
   batch["return_B"] = np.where(batch["valid_B"], np.linspace(-1.0, 2.0, n), 0.0).astype(np.float32)
@@ -96,3 +99,20 @@ def test_value_update_is_exact_over_micro_batches_and_fits_returns(setup):
     state, metrics = update(state, batch)
     losses.append(float(metrics["value_loss"]))
   assert losses[-1] < 0.2 * losses[0], losses
+
+
+def test_plugin_fills_values_of_real_rows_and_steps_on_a_mini_batch(setup):
+  tokenizer, policy, turns = setup
+  plugin = CriticPlugin(policy, OptimConfig(learning_rate=1e-2, weight_decay=0.0), CriticConfig(value_clip=10.0),
+                        make_mesh(devices=jax.devices()[:1]))
+  plugin.state.params["value_head"][...] = jax.random.normal(jax.random.key(1),
+                                                             plugin.state.params["value_head"].shape)
+  batch = pack_rows(turns[:6], tokenizer, BATCH, with_observation=True)  # 6 rows + 2 empty ones
+  plugin.device_pass(batch, micro_batch=4)
+  expected_B = np.asarray(jit_values(plugin.graphdef)(plugin.state.params, batch.step_inputs("sampler")))
+  np.testing.assert_allclose(batch.old_value_B[:6], expected_B[:6], rtol=1e-5, atol=1e-5)  # 4 vs 8 rows a call
+  assert batch.old_value_B.dtype == np.float32 and not batch.old_value_B[6:].any()
+  batch.return_B = np.where(batch.valid_B, 1.0, 0.0).astype(np.float32)
+  inputs = micro_batches(batch.step_inputs("sampler"), 4)
+  losses = [float(plugin.step(inputs)["value_loss"]) for _ in range(5)]
+  assert losses[-1] < losses[0] and int(plugin.state.step) == 5

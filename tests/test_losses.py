@@ -37,10 +37,11 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
   }
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def _loss_and_grad(logp_BxT, batch, cfg, n_action_tokens, entropy_BxT=None):
+@functools.partial(jax.jit, static_argnames=("cfg", "wm_loss"))
+def _loss_and_grad(logp_BxT, batch, cfg, n_action_tokens, entropy_BxT=None, wm_loss="cmae"):
   """((loss, metrics), d loss / d logp) of `total_loss`, jitted once per shape and config."""
-  return jax.value_and_grad(losses.total_loss, has_aux=True)(logp_BxT, batch, cfg, n_action_tokens, entropy_BxT)
+  return jax.value_and_grad(losses.total_loss, has_aux=True)(logp_BxT, batch, cfg, n_action_tokens, entropy_BxT,
+                                                            wm_loss)
 
 
 def _ppo_ref(batch, clip_low, clip_high):
@@ -64,7 +65,7 @@ def _ppo_ref(batch, clip_low, clip_high):
 
 
 def _policy_only(**kw) -> losses.LossConfig:
-  return losses.LossConfig(kl_coef=0.0, entropy_coef=0.0, wm_loss=None, **kw)
+  return losses.LossConfig(kl_coef=0.0, entropy_coef=0.0, **kw)
 
 
 @pytest.mark.parametrize("clip_high", [0.2, 0.28])
@@ -72,7 +73,7 @@ def test_ppo_clip_value_and_grad(clip_high):
   batch = _batch()
   cfg = _policy_only(clip_high=clip_high)
   n = batch["action_mask_BxT"].sum()
-  (loss, metrics), grad = _loss_and_grad(batch["logp_BxT"], batch, cfg, n)
+  (loss, metrics), grad = _loss_and_grad(batch["logp_BxT"], batch, cfg, n, wm_loss=None)
   ref_loss, ref_grad, ref_clip, ref_kl = _ppo_ref(batch, 0.2, clip_high)
   assert 0.1 < ref_clip < 0.9  # both branches are exercised
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -171,7 +172,7 @@ def test_ce_value_and_grad():
   np.testing.assert_allclose(grad, [[-1 / 3, -1 / 3, -1 / 3, 0], [0] * 4], rtol=1e-6)
 
 
-def _ref_total(batch, cfg: losses.LossConfig) -> float:
+def _ref_total(batch, cfg: losses.LossConfig, wm_loss: str) -> float:
   """Numpy composition: PPO token mean + kl_coef · k3 mean − entropy_coef · H mean + Σ w · ℓ_WM."""
   ppo, _, _, _ = _ppo_ref(batch, cfg.clip_low, cfg.clip_high)
   act = batch["action_mask_BxT"]
@@ -182,7 +183,7 @@ def _ref_total(batch, cfg: losses.LossConfig) -> float:
     lp = batch["logp_BxT"][b][batch["obs_mask_BxT"][b]].astype(np.float64)
     if len(lp):
       p = np.exp(lp)
-      wm += batch["wm_weight_B"][b] * (np.sum((1 - p) * (p <= cfg.rho)) / len(lp) if cfg.wm_loss == "cmae"
+      wm += batch["wm_weight_B"][b] * (np.sum((1 - p) * (p <= cfg.rho)) / len(lp) if wm_loss == "cmae"
                                        else -lp.mean())
   return ppo + cfg.kl_coef * kl - cfg.entropy_coef * batch["entropy_BxT"][act].mean() + wm
 
@@ -190,10 +191,10 @@ def _ref_total(batch, cfg: losses.LossConfig) -> float:
 @pytest.mark.parametrize("wm_loss", ["cmae", "ce"])
 def test_total_loss_composition(wm_loss):
   batch = _batch(3)
-  cfg = losses.LossConfig(kl_coef=0.05, entropy_coef=0.01, wm_loss=wm_loss, rho=0.3)
+  cfg = losses.LossConfig(kl_coef=0.05, entropy_coef=0.01, rho=0.3)
   (loss, metrics), _ = _loss_and_grad(batch["logp_BxT"], batch, cfg, batch["action_mask_BxT"].sum(),
-                                      batch["entropy_BxT"])
-  np.testing.assert_allclose(loss, _ref_total(batch, cfg), rtol=1e-5)
+                                      batch["entropy_BxT"], wm_loss)
+  np.testing.assert_allclose(loss, _ref_total(batch, cfg, wm_loss), rtol=1e-5)
   selected = batch["wm_weight_B"] > 0
   obs_sel = batch["obs_mask_BxT"] & selected[:, None]
   assert int(metrics["wm/rows"]) == selected.sum() and int(metrics["wm/obs_tokens"]) == obs_sel.sum()
@@ -223,7 +224,7 @@ def test_zero_wm_weights_are_bitwise_the_base_loss():
   n = batch["action_mask_BxT"].sum()
 
   def run(wm_loss):
-    (loss, _), grad = _loss_and_grad(batch["logp_BxT"], batch, losses.LossConfig(kl_coef=0.01, wm_loss=wm_loss), n)
+    (loss, _), grad = _loss_and_grad(batch["logp_BxT"], batch, losses.LossConfig(kl_coef=0.01), n, wm_loss=wm_loss)
     return loss, grad
 
   (base, base_grad), (paw, paw_grad) = run(None), run("cmae")
@@ -258,4 +259,4 @@ def test_unknown_loss_names_are_named():
   with pytest.raises(ValueError, match="unknown policy loss 'ppo'"):
     losses.total_loss(jnp.asarray(batch["logp_BxT"]), batch, losses.LossConfig(policy_loss="ppo"), 10)
   with pytest.raises(ValueError, match="unknown WM loss 'mse'"):
-    losses.total_loss(jnp.asarray(batch["logp_BxT"]), batch, losses.LossConfig(wm_loss="mse"), 10)
+    losses.total_loss(jnp.asarray(batch["logp_BxT"]), batch, losses.LossConfig(), 10, wm_loss="mse")

@@ -1,8 +1,7 @@
-"""Metrics: JSONL/TensorBoard records exactly as written, resume-safe reading, host reduction of sums, timer,
-progress bar, and learning-curve / comparison plots."""
+"""Metrics: JSONL/TensorBoard records exactly as written, a resumed log cut back to its checkpoint, the host
+reduction of step sums, the progress bar and plot from the one METRICS list, and learning-curve / comparison plots."""
 import pathlib
 import struct
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,7 @@ from matplotlib.image import imread
 from tensorboardX.proto import event_pb2
 
 from paw_jax import plot
-from paw_jax.metrics import MetricsWriter, Timer, progress, read_metrics, reduce_sums
+from paw_jax.metrics import METRICS, MetricsWriter, progress, read_metrics, reduce_step_metrics
 
 
 def tensorboard_scalars(logdir: pathlib.Path) -> dict[tuple[str, int], float]:
@@ -44,17 +43,17 @@ def test_jsonl_and_tensorboard_hold_exactly_what_was_written(tmp_path):
       ("won", 2): 1.0}  # NaN is not sent
 
 
-def test_killed_and_resumed_run_reads_as_one_run(tmp_path):
+def test_a_resumed_log_is_cut_back_to_its_checkpoint(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "loss": 3.0}\n{"step": 4, "lo')
-  with MetricsWriter(tmp_path, use_tensorboard=False) as writer:  # resumed from the checkpoint at step 1
-    writer.write(2, {"loss": 20.0})
-    writer.write(2, {"eval/success": 0.5})  # a second record at the same step is kept
+  with MetricsWriter(tmp_path, keep_through=2, use_tensorboard=False) as writer:  # resumed from update 2's checkpoint
     writer.write(3, {"loss": 30.0})
-  assert path.read_text().splitlines()[3:] == ['{"step": 4, "lo', '{"step": 2, "loss": 20.0}',
-                                               '{"step": 2, "eval/success": 0.5}', '{"step": 3, "loss": 30.0}']
-  assert read_metrics(tmp_path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 20.0},
-                                    {"step": 2, "eval/success": 0.5}, {"step": 3, "loss": 30.0}]
+    writer.write(3, {"eval/success": 0.5})  # a second record at the same step is kept
+  assert path.read_text().splitlines() == ['{"step": 1, "loss": 1.0}', '{"step": 2, "loss": 2.0}',
+                                           '{"step": 3, "loss": 30.0}', '{"step": 3, "eval/success": 0.5}']
+  with MetricsWriter(tmp_path, keep_through=-1, use_tensorboard=False):  # a fresh start in the same workdir
+    pass
+  assert read_metrics(tmp_path) == []
 
 
 def test_bad_metrics_are_named(tmp_path):
@@ -69,46 +68,32 @@ def test_bad_metrics_are_named(tmp_path):
     read_metrics(tmp_path / "nowhere")
 
 
-def test_reduce_sums_to_means():
-  step = {"loss_sum": jnp.float32(6.0), "loss_count": jnp.int32(4), "grad_norm": 0.5,
-          "wm/loss_sum": 0.0, "wm/loss_count": 0, "paw/selected_count": 7}
-  assert reduce_sums(step) == {"loss": 1.5, "grad_norm": 0.5, "paw/selected_count": 7.0}
-  # Pooled over mini-batches: (6 + 2) / (4 + 1) = 1.6, not the mean of means (1.5 + 2) / 2 = 1.75.
-  assert reduce_sums([{"loss_sum": 6.0, "loss_count": 4, "rows": 2},
-                      {"loss_sum": 2.0, "loss_count": 1, "rows": 3}]) == {"loss": 1.6, "rows": 5.0}
-  with pytest.raises(KeyError, match="'kl_sum' has no denominator 'kl_count'"):
-    reduce_sums({"kl_sum": 1.0})
-
-
-def test_timer_accumulates_per_phase():
-  timer = Timer()
-  for _ in range(2):
-    with timer("env"):
-      time.sleep(0.05)
-  with pytest.raises(RuntimeError), timer("train"):  # a failing phase still counts its time
-    time.sleep(0.02)
-    raise RuntimeError
-  seconds = timer.pop()
-  assert sorted(seconds) == ["time/env", "time/train"]
-  assert 0.1 <= seconds["time/env"] < 0.5 and 0.02 <= seconds["time/train"] < 0.3
-  assert timer.pop() == {}
+def test_step_metrics_reduce_to_update_means_and_wm_ratios():
+  steps = [{"loss": jnp.float32(1.0), "skipped": 0.0, "wm/loss_sum": 3.0, "wm/rows": 4, "wm/obs_tokens": 10,
+            "wm/clipped_tokens": 1, "wm/weighted_loss": 0.3},
+           {"loss": 2.0, "skipped": 1.0, "wm/loss_sum": 1.0, "wm/rows": 0, "wm/obs_tokens": 10,
+            "wm/clipped_tokens": 4, "wm/weighted_loss": 0.0}]
+  # Token means average over mini-batches; skipped steps add up; WM sums pool: (3 + 1) / (4 + 0), (1 + 4) / 20.
+  assert reduce_step_metrics(steps, "train") == {"train/loss": 1.5, "train/skipped": 1.0, "paw/wm_loss": 1.0,
+                                                 "paw/clipped_ratio": 0.25}
+  assert reduce_step_metrics([], "critic") == {}
 
 
 def test_progress_bar_shows_live_metrics(capsys):
   bar = progress(10, initial=3)
-  bar.update({"train/success": 0.5, "loss": 0.123456, "ignored": 1.0})
-  bar.update({"eval/success": 0.25})  # the train success shown before stays
+  bar.update({"rollout/success": 0.5, "train/loss": 0.123456})
+  bar.update({"eval/success": 0.25})  # the rollout success shown before stays
   bar.close()
   last = capsys.readouterr().err.split("\r")[-1]
-  assert "5/10" in last and "succ=0.5" in last and "loss=0.123" in last and "eval=0.25" in last
-  assert "ignored" not in last
+  assert "5/10" in last and "succ=0.5" in last and "eval=0.25" in last and "loss" not in last
+  assert {m.bar for m in METRICS if m.bar} == {"succ", "eval"}
 
 
 def synthetic_run(workdir: pathlib.Path, steps: int = 60) -> None:
   rng = np.random.RandomState(0)
   with MetricsWriter(workdir, use_tensorboard=False) as writer:
     for step in range(steps):
-      metrics = {"train/success": min(1.0, step / steps + 0.1 * rng.rand()), "policy_loss": rng.randn(),
+      metrics = {"rollout/success": min(1.0, step / steps + 0.1 * rng.rand()), "train/policy_loss": rng.randn(),
                  "paw/lambda_mean": 0.5 + 0.1 * rng.randn(), "time/rollout": 2.0, "time/train": 1.0}
       if step % 10 == 0:
         metrics.update({"eval/success": step / steps, "eval/success/pick": step / steps / 2})
@@ -125,14 +110,14 @@ def test_plot_run_draws_present_panels_and_skips_missing_keys(tmp_path):
   synthetic_run(tmp_path / "run")
   panels = plot.panels_with_data(read_metrics(tmp_path / "run"))
   assert [(p.title, keys) for p, keys in panels] == [
-      ("Success rate", ["eval/success", "train/success"]), ("Success by task type", ["eval/success/pick"]),
-      ("Policy loss", ["policy_loss"]), ("PaW mean λ", ["paw/lambda_mean"]),
+      ("Success rate", ["eval/success", "rollout/success"]), ("Success by task type", ["eval/success/pick"]),
+      ("Policy loss", ["train/policy_loss"]), ("PaW mean λ", ["paw/lambda_mean"]),
       ("Time per phase", ["time/rollout", "time/train"])]
   plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "plots")])
   assert_png(tmp_path / "plots" / "learning_curves.png", (700, 1600))  # 2 rows x 3 columns of panels
 
   with MetricsWriter(tmp_path / "sparse", use_tensorboard=False) as writer:
-    writer.write(0, {"eval/success": 0.0, "kl": float("nan")})  # a key whose only value is NaN draws nothing
+    writer.write(0, {"eval/success": 0.0, "train/kl": float("nan")})  # a key whose only value is NaN draws nothing
     writer.write(5, {"eval/success": 0.5})
   assert [p.title for p, _ in plot.panels_with_data(read_metrics(tmp_path / "sparse"))] == ["Success rate"]
   assert_png(plot.plot_run(tmp_path / "sparse"), (300, 500))
@@ -159,7 +144,7 @@ def test_plot_comparison_writes_mean_and_band(tmp_path):
   synthetic_run(tmp_path / "a")
   synthetic_run(tmp_path / "b", steps=40)
   runs = {"PaW": read_metrics(tmp_path / "a") + read_metrics(tmp_path / "b"), "GRPO": read_metrics(tmp_path / "b")}
-  assert_png(plot.plot_comparison(runs, "train/success", tmp_path / "cmp" / "success.png", smoothing=plot.SMOOTHING),
+  assert_png(plot.plot_comparison(runs, "rollout/success", tmp_path / "cmp" / "success.png", smoothing=plot.SMOOTHING),
              (400, 600))
   with pytest.raises(ValueError, match="key 'paw/wm_loss' is in none of the runs"):
     plot.plot_comparison(runs, "paw/wm_loss", tmp_path / "x.png")

@@ -11,10 +11,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from hf_models import make_hf_model
 from paw_jax import sharding
 from paw_jax.algos.losses import LossConfig
-from paw_jax.batching import micro_batches
+from paw_jax.batch import micro_batches
 from paw_jax.models import hf_io
 from paw_jax.models.transformer import positions_from_mask
-from paw_jax.train_step import init_state, jit_update, rl_loss
+from paw_jax.learner import init_state, jit_update, rl_loss
 
 
 def test_logical_rules_drop_axes_that_do_not_divide():
@@ -74,7 +74,7 @@ def test_train_step_on_a_sharded_mesh_equals_one_device(tmp_path):
            "valid_B": np.ones(8, bool), "advantage_B": rng.standard_normal(8).astype(np.float32),
            "wm_weight_B": np.full(8, 0.125, np.float32)}
   optimizer = optax.sgd(0.1)  # params move by the gradient itself (Adam's first step would amplify rounding)
-  update = jit_update(nnx.graphdef(model), optimizer, rl_loss(LossConfig(kl_coef=0.0, wm_loss="cmae")))
+  update = jit_update(nnx.graphdef(model), optimizer, rl_loss(LossConfig(kl_coef=0.0), "cmae"))
   expected, _ = update(init_state(nnx.state(model), optimizer, with_ref=False), micro_batches(batch, 4))
   rows = sharding.shard_rows(micro_batches(batch, 4), mesh, row_axis=1)
   assert rows["tokens_BxT"].sharding.spec == P(None, ("data", "fsdp"), None)

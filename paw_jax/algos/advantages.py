@@ -1,4 +1,4 @@
-"""Advantage estimators, host-side numpy: GRPO, GiGPO, RLOO and turn-level GAE, chosen by name.
+"""Advantage estimators, host-side numpy: GRPO, GiGPO, RLOO and PPO's turn-level GAE, registered by algorithm name.
 
 Rows are turns (one row per trajectory step, as in the training batch). Every estimator has the signature
 `fn(traj: Trajectories, cfg: AdvantageConfig) -> Advantages` and returns one advantage per row, which the batch
@@ -84,12 +84,6 @@ def _traj_returns(traj: Trajectories) -> tuple[np.ndarray, np.ndarray, np.ndarra
   group_T = np.empty(len(return_T), np.int64)
   group_T[tid_B] = dense_ids(traj.group_id_B)
   return tid_B, return_T, group_T
-
-
-def episode_returns(traj: Trajectories) -> np.ndarray:
-  """Undiscounted return of each row's episode (sum of its step rewards), per row."""
-  tid_B, return_T, _ = _traj_returns(traj)
-  return return_T[tid_B]
 
 
 def _episode_advantage(traj: Trajectories, cfg: AdvantageConfig) -> np.ndarray:
@@ -188,12 +182,19 @@ def gae(traj: Trajectories, cfg: AdvantageConfig) -> Advantages:
   return Advantages(adv_B.astype(np.float32), return_B.astype(np.float32))
 
 
-AdvantageFn = Callable[[Trajectories, AdvantageConfig], Advantages]
-ADVANTAGES: dict[str, AdvantageFn] = {"grpo": grpo, "gigpo": gigpo, "rloo": rloo, "gae": gae}
+class Estimator(NamedTuple):
+  """A registry entry: the estimator and what it needs from the trainer."""
+  fn: Callable[[Trajectories, AdvantageConfig], Advantages]
+  needs_critic: bool = False  # the learner then carries the critic plug-in, whose values fill value_B
+
+
+# The algorithm names of `algo.name`: adding one is a function above and a line here.
+ADVANTAGES: dict[str, Estimator] = {"grpo": Estimator(grpo), "gigpo": Estimator(gigpo), "rloo": Estimator(rloo),
+                                    "ppo": Estimator(gae, needs_critic=True)}
 
 
 def compute_advantages(name: str, traj: Trajectories, cfg: AdvantageConfig = AdvantageConfig()) -> Advantages:
-  """Looks the estimator up by name and runs it."""
+  """Looks the estimator up by algorithm name and runs it."""
   if name not in ADVANTAGES:
-    raise ValueError(f"unknown advantage estimator '{name}'; known: {', '.join(ADVANTAGES)}")
-  return ADVANTAGES[name](traj, cfg)
+    raise ValueError(f"unknown algorithm '{name}'; known: {', '.join(ADVANTAGES)}")
+  return ADVANTAGES[name].fn(traj, cfg)

@@ -28,7 +28,6 @@ class LossConfig:
   clip_high: float = 0.2  # ratio ≤ 1 + clip_high; > clip_low is DAPO's clip-higher
   kl_coef: float = 0.01  # low_var_kl to the reference policy; 0 skips it (ref_logp_BxT unused)
   entropy_coef: float = 0.0  # entropy bonus; needs entropy_BxT when non-zero
-  wm_loss: str | None = "cmae"  # "cmae" | "ce"; None: no WM term at all (the base algorithm)
   rho: float = 0.2  # CMAE: tokens with p > rho are masked out
 
 
@@ -112,12 +111,13 @@ def _lookup(registry: Mapping[str, Callable], name: str, what: str) -> Callable:
 
 
 def total_loss(logp_BxT: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig, n_action_tokens: jax.Array | float,
-               entropy_BxT: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+               entropy_BxT: jax.Array | None = None,
+               wm_loss: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L = L_RL + kl_coef · KL − entropy_coef · H + Σ_rows w_row · ℓ_WM(row), and additive metrics.
 
   batch: action_mask_BxT, obs_mask_BxT, old_logp_BxT, ref_logp_BxT (read only when kl_coef ≠ 0), advantage_B,
-  wm_weight_B (read only when cfg.wm_loss is set). `n_action_tokens`: action tokens of the whole mini-batch, the
-  denominator of every token mean. `entropy_BxT` (e.g. `entropy_from_logits`) is needed when entropy_coef ≠ 0 and is
+  wm_weight_B (read only with `wm_loss`, a name of WM_LOSSES; None: no WM term, the base algorithm).
+  `n_action_tokens`: action tokens of the whole mini-batch, the denominator of every token mean. `entropy_BxT` (e.g. `entropy_from_logits`) is needed when entropy_coef ≠ 0 and is
   logged whenever given.
   """
   action_mask_BxT = batch["action_mask_BxT"].astype(bool)
@@ -147,22 +147,22 @@ def total_loss(logp_BxT: jax.Array, batch: Mapping[str, jax.Array], cfg: LossCon
     if entropy_BxT is None:
       raise ValueError("total_loss: entropy_coef != 0 needs entropy_BxT")
     loss = loss - cfg.entropy_coef * metrics["entropy"]
-  if cfg.wm_loss is not None:
-    wm, wm_metrics = wm_term(logp_BxT, batch, cfg)
+  if wm_loss is not None:
+    wm, wm_metrics = wm_term(logp_BxT, batch, cfg, wm_loss)
     loss = loss + wm
     metrics.update(wm_metrics)
   metrics["loss"] = loss
   return loss, metrics
 
 
-def wm_term(logp_BxT: jax.Array, batch: Mapping[str, jax.Array],
-             cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+def wm_term(logp_BxT: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig,
+            wm_loss: str) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Σ_rows w_row · ℓ_WM(row), and sums over the rows with w > 0 (selected rows of groups with λ_g > 0)."""
   obs_mask_BxT = batch["obs_mask_BxT"].astype(bool)
   weight_B = batch["wm_weight_B"].astype(jnp.float32)
   chex.assert_equal_shape([logp_BxT, obs_mask_BxT])
   chex.assert_shape(weight_B, logp_BxT.shape[:1])
-  row_loss_B = _lookup(WM_LOSSES, cfg.wm_loss, "WM loss")(logp_BxT, obs_mask_BxT, cfg)
+  row_loss_B = _lookup(WM_LOSSES, wm_loss, "WM loss")(logp_BxT, obs_mask_BxT, cfg)
   weighted = jnp.sum(weight_B * row_loss_B)
   selected_B = weight_B > 0
   sel_obs_BxT = obs_mask_BxT & selected_B[:, None]

@@ -17,9 +17,11 @@ ENTROPY_MODES = ("full", "sampled")
 
 @dataclasses.dataclass(frozen=True)
 class PawConfig:
+  enabled: bool = True  # False: the base algorithm (rows end at the response, no WM term)
   alpha: float = 0.75  # share of the pool P kept for the WM loss
   adaptive: bool = True  # λ_g = clip(1 − R̄_g / R_max, 0, 1); False: λ_g = 1 (the paper's ablation)
   entropy: str = "full"  # "full": full-vocabulary entropy per token; "sampled": −q log q of the sampled token
+  wm_loss: str = "cmae"  # a name of losses.WM_LOSSES; "ce" is the paper's ablation
 
 
 def action_entropy(token_entropy_BxT: np.ndarray, sampled_logp_BxT: np.ndarray, action_mask_BxT: np.ndarray,

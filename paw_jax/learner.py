@@ -1,22 +1,30 @@
-"""Pure jitted step functions over (sharded) params: the policy update with micro-batch accumulation, and log-probs.
+"""The Learner: a model's train state and its pure jitted functions (update, log-probs), with plug-ins beside it.
 
 `update(..., state, batch) -> (state, metrics)` takes one mini-batch shaped [num_micro, micro_batch, T] and scans
 over the micro-batches, summing gradients of losses whose token means already carry the mini-batch's denominator,
 so the accumulated gradient is exactly the full mini-batch gradient. A non-finite loss or gradient skips the update
 (params and optimizer state unchanged) and counts it in `state.skipped`.
+
+A plug-in (PPO's critic, `paw_jax/critic.py`) is a second train state that fills its device pass before the
+advantages and takes a step on every mini-batch after the policy's.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
+from paw_jax import sharding
 from paw_jax.algos.losses import LossConfig, entropy_from_logits, total_loss, wm_term
+from paw_jax.batch import TrainBatch
+from paw_jax.config import OptimConfig
+from paw_jax.metrics import reduce_step_metrics
 
 
 @jax.tree_util.register_dataclass
@@ -27,18 +35,6 @@ class TrainState:
   opt_state: optax.OptState
   ref_params: Any  # frozen initial policy for the KL loss (None when kl_coef == 0)
   skipped: jax.Array  # updates skipped for non-finite loss or gradients
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-  learning_rate: float = 1e-6
-  warmup_steps: int = 0
-  decay_steps: int = 0  # cosine decay to `final_lr_fraction` over this many steps after warm-up; 0: constant
-  final_lr_fraction: float = 0.1
-  weight_decay: float = 0.01
-  b1: float = 0.9
-  b2: float = 0.999
-  grad_clip: float = 1.0  # global-norm clipping
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
@@ -86,27 +82,25 @@ def minibatch_counts(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   return {"action_tokens": batch["action_mask_BxT"].sum(), "rows": batch["valid_B"].sum()}
 
 
-def rl_loss(loss_cfg: LossConfig) -> LossFn:
-  """The policy (+ KL, entropy, WM) loss of `losses.total_loss`."""
+def rl_loss(loss_cfg: LossConfig, wm_loss: str | None) -> LossFn:
+  """The policy (+ KL, entropy, and with `wm_loss` PaW's WM) loss of `losses.total_loss`."""
   with_entropy = loss_cfg.entropy_coef != 0
 
   def loss_fn(graphdef, params, micro, counts):
     logp_BxT, entropy_BxT = token_logprobs(graphdef, params, micro["tokens_BxT"], micro["mask_BxT"], with_entropy)
-    return total_loss(logp_BxT, micro, loss_cfg, counts["action_tokens"], entropy_BxT)
+    return total_loss(logp_BxT, micro, loss_cfg, counts["action_tokens"], entropy_BxT, wm_loss)
   return loss_fn
 
 
 def sft_loss(wm_loss: str | None = None) -> LossFn:
   """The warm-up: next-token NLL on the action tokens (token mean over the mini-batch) plus, with `wm_loss`, the
   world-model term Σ_rows wm_weight_B · ℓ_WM(row) on the appended next observations."""
-  wm_cfg = LossConfig(wm_loss=wm_loss)
-
   def loss_fn(graphdef, params, micro, counts):
     logp_BxT, _ = token_logprobs(graphdef, params, micro["tokens_BxT"], micro["mask_BxT"])
     nll = -jnp.sum(jnp.where(micro["action_mask_BxT"], logp_BxT, 0.0)) / jnp.maximum(counts["action_tokens"], 1)
     if wm_loss is None:
       return nll, {"loss": nll, "sft/nll": nll}
-    wm, _ = wm_term(logp_BxT, micro, wm_cfg)
+    wm, _ = wm_term(logp_BxT, micro, LossConfig(), wm_loss)
     return nll + wm, {"loss": nll + wm, "sft/nll": nll, "sft/wm": wm}
   return loss_fn
 
@@ -147,3 +141,87 @@ def jit_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
 def jit_logprobs(graphdef: nnx.GraphDef):
   """(params, tokens_BxT, mask_BxT) -> logp_BxT, jitted: old and reference log-probs before an update."""
   return jax.jit(lambda params, tokens, mask: token_logprobs(graphdef, params, tokens, mask)[0])
+
+
+class Plugin(Protocol):
+  """A second train state beside the policy's (PPO's critic): checkpointed under `name`."""
+  name: str
+  state: TrainState
+
+  def device_pass(self, batch: TrainBatch, micro_batch: int) -> None:
+    """Fills its fields of `batch` (before the advantages)."""
+
+  def step(self, minibatch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """One optimizer step on the mini-batch the policy just took; returns its (device) metrics."""
+
+
+class Learner:
+  """The policy's train state, its jitted update and log-prob functions, and plug-ins trained beside it.
+
+    learner = Learner(graphdef, params, optim_cfg, rl_loss(loss_cfg, "cmae"), mesh, with_ref=False)
+    learner.device_passes(batch, micro_batch=8, trainer_logp=True)   # before the advantages (batch.prepare)
+    metrics = learner.update(batch, mini_batch=128, micro_batch=32, old_logp="trainer")
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, params: Any, optim: OptimConfig, loss_fn: LossFn,
+               mesh: jax.sharding.Mesh, *, with_ref: bool, plugins: tuple[Plugin, ...] = ()):
+    self.graphdef, self.mesh, self.plugins = graphdef, mesh, tuple(plugins)
+    optimizer = make_optimizer(optim)
+    self.state = init_state(params, optimizer, with_ref=with_ref)
+    self._update = jit_update(graphdef, optimizer, loss_fn)
+    self._logprobs = jit_logprobs(graphdef)
+
+  @property
+  def params(self) -> Any:
+    """The current policy weights: what the sampler reads."""
+    return self.state.params
+
+  def states(self) -> dict[str, TrainState]:
+    """What a checkpoint holds: the policy's state and each plug-in's."""
+    return {"policy": self.state, **{p.name: p.state for p in self.plugins}}
+
+  def load_states(self, states: Mapping[str, TrainState]) -> None:
+    self.state = states["policy"]
+    for plugin in self.plugins:
+      plugin.state = states[plugin.name]
+
+  def device_passes(self, batch: TrainBatch, micro_batch: int, trainer_logp: bool) -> None:
+    """The trainer's log-probs (`trainer_logp`) and the reference's (KL) of the batch's tokens, then the plug-ins'
+    passes; micro-batch by micro-batch, dispatched back to back and fetched once."""
+    with_ref = self.state.ref_params is not None
+    old, ref = [], []
+    for start in range(0, batch.num_rows, micro_batch):
+      rows = sharding.shard_rows({"tokens_BxT": batch.tokens_BxT[start:start + micro_batch],
+                                  "mask_BxT": batch.mask_BxT[start:start + micro_batch]}, self.mesh)
+      if trainer_logp:
+        old.append(self._logprobs(self.state.params, rows["tokens_BxT"], rows["mask_BxT"]))
+      if with_ref:
+        ref.append(self._logprobs(self.state.ref_params, rows["tokens_BxT"], rows["mask_BxT"]))
+    old, ref = jax.device_get((old, ref))
+    if trainer_logp:
+      batch.trainer_logp_BxT = np.concatenate(old).astype(np.float32)
+    if with_ref:
+      batch.ref_logp_BxT = np.concatenate(ref).astype(np.float32)
+    for plugin in self.plugins:
+      plugin.device_pass(batch, micro_batch)
+
+  def step(self, minibatch: Mapping[str, np.ndarray]) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
+    """One optimizer step of the policy, then of each plug-in, on a [num_micro, micro_batch, ...] mini-batch."""
+    minibatch = sharding.shard_rows(dict(minibatch), self.mesh, row_axis=1)
+    self.state, metrics = self._update(self.state, minibatch)
+    return metrics, {plugin.name: plugin.step(minibatch) for plugin in self.plugins}
+
+  def update(self, batch: TrainBatch, mini_batch: int, micro_batch: int, old_logp: str,
+             epochs: int = 1) -> dict[str, float]:
+    """`epochs` passes over the batch, one optimizer step per mini-batch; host-reduced metrics."""
+    policy, plugins = [], []
+    for _ in range(epochs):
+      for minibatch in batch.mini_batches(mini_batch, micro_batch, old_logp):
+        metrics, plugin_metrics = self.step(minibatch)
+        policy.append(metrics)
+        plugins.append(plugin_metrics)
+    policy, plugins = jax.device_get((policy, plugins))  # one transfer for the whole update
+    reduced = reduce_step_metrics(policy, "train")
+    for plugin in self.plugins:
+      reduced.update(reduce_step_metrics([m[plugin.name] for m in plugins], plugin.name))
+    return reduced

@@ -1,0 +1,11 @@
+"""Training programs by name (`config.program`): each composes rollouts, batch preparation and a Learner.
+
+A program has `start()` (a fresh run's work before the first update, e.g. a warm-up), `build()` (its learner, for a
+run that restores a checkpoint instead), `learner`, `update(index) -> metrics` and `evaluate() -> metrics`;
+`paw_jax.train` runs the loop around it. Adding one: a module here and a line in PROGRAMS (and in config.PROGRAMS).
+"""
+from __future__ import annotations
+
+from paw_jax.programs.rl import RLProgram
+
+PROGRAMS = {"rl": RLProgram}

@@ -1,0 +1,94 @@
+"""Task RL: GRPO, GiGPO, RLOO or PPO (`algo.name`), with or without PaW (docs/PAW.md).
+
+One update: rollouts of `groups_per_update` tasks x `group_size` episodes with the current policy -> `batch.prepare`
+(device passes, advantages, PaW weights) -> the learner's optimizer steps. Everything random in an update derives from
+(seed, update index) and the tasks from the update index, so a run resumed from a checkpoint replays exactly what
+the uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import jax
+from flax import nnx
+
+from paw_jax.algos.advantages import ADVANTAGES
+from paw_jax.batch import prepare
+from paw_jax.critic import CriticPlugin
+from paw_jax.envs import Task
+from paw_jax.envs.pool import EnvPool
+from paw_jax.learner import Learner, rl_loss
+from paw_jax.programs.sft import format_warmup
+from paw_jax.rollout import Episode, episode_metrics, run_episodes
+from paw_jax.run import Run
+
+EVAL_SEED_OFFSET = 7919  # evaluation samples with key(seed + this): a stream apart from the rollouts' fold_in(seed, u)
+
+
+class RLProgram:
+  def __init__(self, run: Run, pool: EnvPool):
+    self.run, self.pool = run, pool
+    self.learner: Learner | None = None
+    self._reported_errors: set[str] = set()
+
+  def start(self) -> None:
+    """A fresh run: the warm-up (if configured), then the learner from the warmed-up policy."""
+    params = self.run.take_params()
+    if self.run.config.train.format_warmup_steps:
+      params = format_warmup(self.run, params)
+    self.build(params)
+
+  def build(self, params: Any = None) -> None:
+    """The learner (policy state, KL reference, the critic for PPO) from `params` (default: the run's initial
+    weights, e.g. as the shapes a checkpoint is restored onto)."""
+    c, run = self.run.config, self.run
+    params = run.take_params() if params is None else params
+    plugins = ()
+    if ADVANTAGES[c.algo.name].needs_critic:  # a copy of the policy with a value head, its own optimizer
+      plugins = (CriticPlugin(nnx.merge(run.graphdef, params), c.optim, c.critic, run.mesh),)
+    loss_fn = rl_loss(c.algo.loss, c.paw.wm_loss if c.paw.enabled else None)
+    self.learner = Learner(run.graphdef, params, c.optim, loss_fn, run.mesh, with_ref=c.algo.loss.kl_coef != 0,
+                           plugins=plugins)
+
+  def update(self, update_index: int) -> dict[str, float]:
+    """Rollouts, the batch, then an optimizer step per mini-batch (and the critic's, for PPO)."""
+    c, run = self.run.config, self.run
+    groups = c.algo.groups_per_update
+    tasks = [Task(c.env.train_split, update_index * groups + g) for g in range(groups)]
+    start = time.perf_counter()
+    turns, episodes, stats = run_episodes(self.pool, run.env_cls, run.sampler, self.learner.params, run.tokenizer,
+                                          tasks, c.algo.group_size, c.prompt, c.sampling,
+                                          jax.random.fold_in(jax.random.key(c.seed), update_index),
+                                          int(self.learner.state.step))
+    timings = {"time/rollout": time.perf_counter() - start, "time/sample": stats.sample_s, "time/env": stats.env_s}
+    self._report_errors(episodes, "rollout")
+    start = time.perf_counter()
+    batch, paw_metrics = prepare(
+        turns, episodes, run.tokenizer, c, run.env_cls.r_max,
+        lambda rows: self.learner.device_passes(rows, c.batch.micro_batch, trainer_logp=c.algo.old_logp == "trainer"),
+        update_index)
+    train_metrics = self.learner.update(batch, c.batch.mini_batch, c.batch.micro_batch, c.algo.old_logp,
+                                        c.algo.epochs)
+    timings["time/train"] = time.perf_counter() - start
+    return {**episode_metrics(episodes, "rollout"), **train_metrics, **paw_metrics, **timings,
+            "rollout/response_tokens": stats.response_tokens / max(stats.turns, 1), "rollout/rows": float(len(turns))}
+
+  def evaluate(self) -> dict[str, float]:
+    """One episode per task of a fixed eval set, at the eval temperature."""
+    c, run = self.run.config, self.run
+    tasks = [Task(c.env.eval_split, i) for i in range(c.train.eval_episodes)]
+    _, episodes, _ = run_episodes(self.pool, run.env_cls, run.sampler, self.learner.params, run.tokenizer, tasks, 1,
+                                  c.prompt, c.sampling.for_eval(), jax.random.key(c.seed + EVAL_SEED_OFFSET),
+                                  int(self.learner.state.step))
+    self._report_errors(episodes, "eval")
+    return episode_metrics(episodes, "eval")
+
+  def _report_errors(self, episodes: list[Episode], phase: str) -> None:
+    """Prints each new kind of episode error once: such an episode counts as failed and the run goes on, but a
+    misconfiguration must not hide behind a low success rate."""
+    for error, count in collections.Counter(e.error for e in episodes if e.error is not None).items():
+      if error not in self._reported_errors:
+        self._reported_errors.add(error)
+        print(f"warning: {count} {phase} episode(s) ended as failed: {error}", flush=True)
