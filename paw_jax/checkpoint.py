@@ -1,8 +1,8 @@
-"""Train-state checkpoints (orbax: async, keep-N, restored onto the caller's shardings) and HF export of the policy.
+"""Train-state checkpoints (orbax: async, keep-N, restored onto the caller's shardings).
 
-Each step directory holds two items: `state`, a pytree of jax arrays (params, optimizer state, critic, typed PRNG
-keys: orbax stores a key as its key data and re-wraps it from the abstract dtype), and `meta`, a JSON host dict (data
-cursor, params version, config snapshot). Orbax writes a step under `<step>.orbax-checkpoint-tmp-<ts>` and renames it
+Each step directory holds two items: `state`, a pytree of jax arrays (the learner's train states: the policy's
+params, optimizer state and KL reference, and a plug-in's such as PPO's critic), and `meta`, a JSON host dict (the
+trainer's: the next update to run). Orbax writes a step under `<step>.orbax-checkpoint-tmp-<ts>` and renames it
 when complete, so a save killed half way is never listed and resume falls back to the previous step.
 
 Auto-resume is the caller's:
@@ -18,8 +18,6 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from paw_jax.models import hf_io
-from paw_jax.models.transformer import Decoder
 
 _STATE, _META = "state", "meta"
 
@@ -113,7 +111,3 @@ def _leaf_paths(tree: Any) -> set[str]:
   paths, _ = jax.tree_util.tree_flatten_with_path(tree)
   return {"/".join(name(entry) for entry in path) for path, _ in paths}
 
-
-def export_hf(model: Decoder, out_dir: str | pathlib.Path) -> pathlib.Path:
-  """Writes the policy as a HF directory (config.json + safetensors) that transformers and `hf_io.load_model` read."""
-  return hf_io.save_model(model, out_dir)

@@ -23,13 +23,13 @@ import ml_collections
 from paw_jax.algos.advantages import ADVANTAGES, AdvantageConfig
 from paw_jax.algos.losses import POLICY_LOSSES, WM_LOSSES, LossConfig
 from paw_jax.algos.paw import ENTROPY_MODES, PawConfig
-from paw_jax.envs import REGISTRY as ENVS
-from paw_jax.envs import env_class
+from paw_jax.envs import ENV_NAMES, env_class
 from paw_jax.models.config import SUPPORTED_MODEL_TYPES
+from paw_jax.models.tokenizer import BPE_SPECIAL_TOKENS
+from paw_jax.programs import PROGRAMS
 from paw_jax.prompts import PARTS, PromptConfig
 from paw_jax.sampling import SamplingConfig
 
-PROGRAMS = ("rl",)  # paw_jax.programs: the training programs a run can be
 DTYPES = ("float32", "bfloat16")
 
 
@@ -145,7 +145,7 @@ class TrainConfig:
 class Config:
   seed: int = 0
   workdir: str = "runs/default"
-  program: str = "rl"
+  program: str = "rl"  # a name of paw_jax.programs.PROGRAMS
   env: EnvConfig = EnvConfig()
   model: ModelSpec = ModelSpec()
   tokenizer: TokenizerSpec = TokenizerSpec()
@@ -182,12 +182,13 @@ def _one_of(names) -> tuple[Callable[[Any], bool], str]:
 _POSITIVE = ((lambda v: v > 0), "> 0")
 _AXIS = ((lambda v: v == -1 or v >= 1), "-1 or >= 1")
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": _at_least(0), "program": _one_of(PROGRAMS), "env.name": _one_of(sorted(ENVS)),
+    "seed": _at_least(0), "program": _one_of(PROGRAMS), "env.name": _one_of(ENV_NAMES),
     "env.num_envs": _at_least(1), "env.step_timeout_s": _POSITIVE, "env.reset_timeout_s": _POSITIVE,
     "model.scratch.model_type": _one_of(SUPPORTED_MODEL_TYPES), "model.param_dtype": _one_of(DTYPES),
     "model.compute_dtype": _one_of(DTYPES),
     **{f"model.scratch.{f.name}": _at_least(1) for f in dataclasses.fields(ScratchModel) if f.type == "int"},
-    "tokenizer.vocab_size": _at_least(260), "tokenizer.corpus_episodes": _at_least(1),
+    "tokenizer.vocab_size": _at_least(256 + len(BPE_SPECIAL_TOKENS)),  # the bytes + ChatML's special tokens
+    "tokenizer.corpus_episodes": _at_least(1),
     "prompt.history": _at_least(-1),
     "sampling.temperature": _at_least(0), "sampling.eval_temperature": _at_least(0), "sampling.top_k": _at_least(0),
     "sampling.top_p": _between(0, 1, open_low=True), "sampling.max_new_tokens": _at_least(1),

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from paw_jax import sharding
-from paw_jax.algos.losses import LossConfig, entropy_from_logits, total_loss, wm_term
+from paw_jax.algos.losses import LossConfig, logprobs_from_logits, total_loss, wm_term
 from paw_jax.batch import TrainBatch
 from paw_jax.config import OptimConfig
 from paw_jax.metrics import reduce_step_metrics
@@ -61,11 +61,9 @@ def token_logprobs(graphdef: nnx.GraphDef, params: Any, tokens_BxT: jax.Array, m
   model = nnx.merge(graphdef, params)
   positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)  # rows are right-padded
   logits_BxTxV, _ = model(tokens_BxT[:, :-1], positions_BxT[:, :-1], mask_BxT[:, :-1])
-  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-  logp_BxT = jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+  logp_BxT, entropy_BxT = logprobs_from_logits(logits_BxTxV, tokens_BxT[:, 1:], with_entropy=with_entropy)
   pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731 (position 0 has no prediction)
-  entropy_BxT = pad(entropy_from_logits(logits_BxTxV)) if with_entropy else None
-  return pad(logp_BxT), entropy_BxT
+  return pad(logp_BxT), pad(entropy_BxT) if with_entropy else None
 
 
 def _all_finite(tree) -> jax.Array:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from paw_jax.algos.losses import logprobs_from_logits
 from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import Decoder, KVCache
 
@@ -107,15 +108,6 @@ def sample_logits(rng: jax.Array, logits_BxV: jax.Array, cfg: SamplingConfig) ->
   return jax.random.categorical(rng, scaled_BxV, axis=-1)
 
 
-def token_logprob_entropy(logits_BxV: jax.Array, tokens_B: jax.Array, temperature: float):
-  """log softmax(logits/T)[token] and the entropy of softmax(logits/T); T = 0 (greedy) reports T = 1."""
-  scaled_BxV = logits_BxV / (temperature if temperature > 0 else 1.0)
-  logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
-  logprob_B = jnp.take_along_axis(logp_BxV, tokens_B[:, None], axis=-1)[:, 0]
-  entropy_B = -jnp.sum(jnp.exp(logp_BxV) * logp_BxV, axis=-1)
-  return logprob_B, entropy_B
-
-
 # --- the jitted generation loop -------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
 def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
@@ -136,7 +128,8 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array, p
     rng, done_B, stop_state_B, out = carry
     rng, step_rng = jax.random.split(rng)
     token_B = sample_logits(step_rng, logits_BxV, cfg)
-    logprob_B, entropy_B = token_logprob_entropy(logits_BxV, token_B, cfg.temperature)
+    # Greedy decoding (T = 0) reports the T = 1 distribution's log-probs.
+    logprob_B, entropy_B = logprobs_from_logits(logits_BxV, token_B, cfg.temperature or 1.0, with_entropy=True)
     active_B = ~done_B
     out = SampleOutput(
         out.tokens_BxN.at[:, step].set(jnp.where(active_B, token_B, pad_id)),

@@ -18,13 +18,15 @@ from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.prompts import PromptConfig, chat_messages, render_turn
 from paw_jax.rollout import Turn
 
+TASKS_PER_SEED = 100_003  # random play of seed s uses tasks s * this + episode: disjoint task ranges per seed
+
 
 def random_play(env: TextEnv, split: str, episodes: int, seed: int):
   """Yields (task_text, step, history, observation, admissible, action, next_observation) for every turn of random
   episodes."""
   rng = random.Random(seed)
   for episode in range(episodes):
-    observation, info = env.reset(Task(split, seed * 100_003 + episode))
+    observation, info = env.reset(Task(split, seed * TASKS_PER_SEED + episode))
     task_text, admissible, history = str(info.get("task", "")), info.get("admissible_actions"), []
     for step in range(env.max_steps):
       if not admissible:

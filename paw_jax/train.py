@@ -17,7 +17,7 @@ from paw_jax.checkpoint import Checkpointer
 from paw_jax.config import Config
 from paw_jax.metrics import METRICS_FILE, MetricsWriter, progress, read_metrics
 from paw_jax.models import hf_io
-from paw_jax.programs import PROGRAMS
+from paw_jax.programs import program_class
 from paw_jax.run import Run
 
 EXPORT_DIR = "hf_export"
@@ -32,7 +32,7 @@ def train(config: Config) -> dict[str, float]:
   writer = MetricsWriter(run.workdir, keep_through=restored if restored is not None else -1)
   last_eval = latest_eval(run.workdir)
   with run.env_pool() as pool:
-    program = PROGRAMS[config.program](run, pool)
+    program = program_class(config.program)(run, pool)
     if restored is None:
       program.start()
       if t.eval_at_start:  # the curve's starting point: the policy RL starts from

@@ -1,5 +1,5 @@
 """Checkpointer: exact round trip (params, adamw state, typed PRNG key, step, meta), keep-N, restore onto a sharding,
-an interrupted save ignored on resume; HF export."""
+an interrupted save ignored on resume."""
 import shutil
 
 import jax
@@ -11,9 +11,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from paw_jax import sharding
-from paw_jax.checkpoint import Checkpointer, export_hf
-from paw_jax.models import hf_io
-from paw_jax.models.config import ModelConfig
+from paw_jax.checkpoint import Checkpointer
 
 META = {"task_cursor": 17, "params_version": 3, "config": {"lr": 1e-3, "algo": "paw", "mesh": [2, 1, 1]}}
 
@@ -138,14 +136,3 @@ def test_bad_input_is_named(tmp_path):
   with pytest.raises(ValueError, match="keep and save_every must be >= 1"):
     Checkpointer(tmp_path, keep=0)
 
-
-def test_export_hf_writes_a_directory_that_loads_back(tmp_path):
-  cfg = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
-                    num_heads=2, num_kv_heads=1, head_dim=8)
-  rng = np.random.RandomState(0)  # random params without Decoder's jitted init (seconds on a busy CPU)
-  shapes = nnx.to_pure_dict(nnx.state(hf_io.abstract_model(cfg), nnx.Param))
-  model = hf_io.model_from_params(cfg, jax.tree.map(lambda s: rng.randn(*s.shape).astype(s.dtype), shapes))
-  out = export_hf(model, tmp_path / "hf")
-  assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
-  reloaded = hf_io.model_params(hf_io.load_model(out))
-  jax.tree.map(np.testing.assert_array_equal, reloaded, hf_io.model_params(model))

@@ -9,11 +9,12 @@ from flax import nnx
 
 from paw_jax.algos.losses import LossConfig
 from paw_jax.batch import pack_rows, prepare
-from paw_jax.config import BatchConfig, OptimConfig, base_config, from_configdict
+from paw_jax.config import BatchConfig, OptimConfig
 from paw_jax.learner import Learner, init_state, jit_logprobs, jit_update, rl_loss, sft_loss
 from paw_jax.programs.rl import RLProgram
 from paw_jax.run import Run
 from paw_jax.sharding import make_mesh
+from tiny_run import tiny_run_config
 
 BATCH = BatchConfig(max_len=512, max_obs_tokens=40, micro_batch=4, mini_batch=8)
 ONE_DEVICE = make_mesh(devices=jax.devices()[:1])
@@ -32,22 +33,6 @@ BEFORE = {
             "critic/value_loss": 0.03731277957558632, "critic/grad_norm": 2.0003037452697754,
             "paw/wm_loss": 0.9970834255218506, "params_abs_sum": 1462.7748199034768},
 }
-
-
-def tiny_run_config(workdir, algo: str):
-  c = base_config()
-  c.workdir = str(workdir)
-  c.env.kwargs = dict(size=3, hole_prob=0.2, max_steps=4)
-  c.env.num_envs, c.env.in_process = 8, True
-  c.model.scratch.update(hidden_size=64, intermediate_size=128, num_layers=1)
-  c.tokenizer.update(vocab_size=400, corpus_episodes=30)
-  c.prompt.update(history=0, think=False, list_admissible=False)
-  c.sampling.update(max_new_tokens=8, max_prompt_len=256)
-  c.batch.update(max_len=320, max_obs_tokens=40, micro_batch=4, mini_batch=8)
-  c.algo.update(name=algo, group_size=4, groups_per_update=2, old_logp="trainer")
-  c.algo.loss.kl_coef = 0.01
-  c.optim.learning_rate = 1e-3
-  return from_configdict(c)
 
 
 @pytest.mark.parametrize("algo", ["gigpo", "ppo"])

@@ -10,11 +10,16 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from paw_jax import train as train_lib
 from paw_jax.metrics import METRICS
+from paw_jax.models import hf_io
+from paw_jax.models.config import ModelConfig
+from paw_jax.models.tokenizer import Tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ("--config.model.scratch.hidden_size=64", "--config.model.scratch.intermediate_size=128",
@@ -102,31 +107,26 @@ def test_short_seeded_default_run_improves_with_a_quiet_terminal(tmp_path):
   assert any(line.startswith("updates:") and "succ=" in line and "eval=" in line for line in bar)
 
 
-def test_a_killed_export_leaves_no_partial_export(tmp_path, monkeypatch):
-  saved = []
+def test_export_loads_back_and_a_killed_export_leaves_none(tmp_path, monkeypatch):
+  cfg = ModelConfig(model_type="qwen3", vocab_size=300, hidden_size=16, intermediate_size=32, num_layers=2,
+                    num_heads=2, num_kv_heads=1, head_dim=8)
+  rng = np.random.RandomState(0)  # random params without Decoder's jitted init (seconds on a busy CPU)
+  shapes = nnx.to_pure_dict(nnx.state(hf_io.abstract_model(cfg), nnx.Param))
+  graphdef, params = nnx.split(hf_io.model_from_params(
+      cfg, jax.tree.map(lambda s: rng.randn(*s.shape).astype(s.dtype), shapes)))
+  run = SimpleNamespace(graphdef=graphdef, tokenizer=Tokenizer.train_bpe(["up down left right"] * 8, vocab_size=300))
 
-  def save_then_die(model, out_dir):
-    (pathlib.Path(out_dir) / "config.json").parent.mkdir(parents=True, exist_ok=True)
-    (pathlib.Path(out_dir) / "config.json").write_text("{}")  # half an export
-    saved.append(out_dir)
-    raise KeyboardInterrupt  # killed
+  def killed(out_dir):
+    raise KeyboardInterrupt  # the process dies after the weights, before the tokenizer
 
-  monkeypatch.setattr(train_lib.hf_io, "save_model", save_then_die)
-  run = SimpleNamespace(graphdef=None, tokenizer=None)
-  monkeypatch.setattr(train_lib.nnx, "merge", lambda graphdef, params: None)
+  monkeypatch.setattr(run.tokenizer, "save", killed)
   with pytest.raises(KeyboardInterrupt):
-    train_lib.export(run, None, tmp_path / "hf_export")
-  assert saved and not (tmp_path / "hf_export").exists()
-
-  class Tokenizer:
-    def save(self, out_dir):
-      (pathlib.Path(out_dir) / "tokenizer.json").write_text("{}")
-
-  def save(model, out_dir):  # a later export replaces the leftovers and lands whole
-    pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (pathlib.Path(out_dir) / "model.safetensors").write_text("weights")
-
-  monkeypatch.setattr(train_lib.hf_io, "save_model", save)
-  train_lib.export(SimpleNamespace(graphdef=None, tokenizer=Tokenizer()), None, tmp_path / "hf_export")
+    train_lib.export(run, params, tmp_path / "hf_export")
+  assert not (tmp_path / "hf_export").exists()
+  monkeypatch.undo()
+  train_lib.export(run, params, tmp_path / "hf_export")  # the next export clears the leftovers and lands whole
   assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_export"]
-  assert sorted(p.name for p in (tmp_path / "hf_export").iterdir()) == ["model.safetensors", "tokenizer.json"]
+  out = tmp_path / "hf_export"
+  assert (out / "config.json").is_file() and (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+  reloaded = hf_io.model_params(hf_io.load_model(out))
+  jax.tree.map(np.testing.assert_array_equal, reloaded, nnx.to_pure_dict(params))

@@ -6,6 +6,8 @@ broadcasts over the row's action tokens; `return_B` (the critic's target) is pro
 
 Conventions shared by the group estimators (as verl / verl-agent): the group std is the unbiased one (ddof=1),
 eps = 1e-6 is added to it, and a group with a single member gets advantage 0 (no peer to compare with).
+
+Shape suffixes: B rows (turns), E episodes (trajectories) of the update, N any list of values being normalised.
 """
 from __future__ import annotations
 
@@ -78,19 +80,19 @@ def _normalize_in_groups(x_N: np.ndarray, gid_N: np.ndarray, cfg: AdvantageConfi
 
 
 def _traj_returns(traj: Trajectories) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(trajectory id per row, return per trajectory, group id per trajectory)."""
+  """(episode id per row, return per episode, group id per episode)."""
   tid_B = dense_ids(traj.group_id_B, traj.traj_id_B)
-  return_T = np.bincount(tid_B, traj.reward_B.astype(np.float64))
-  group_T = np.empty(len(return_T), np.int64)
-  group_T[tid_B] = dense_ids(traj.group_id_B)
-  return tid_B, return_T, group_T
+  return_E = np.bincount(tid_B, traj.reward_B.astype(np.float64))
+  group_E = np.empty(len(return_E), np.int64)
+  group_E[tid_B] = dense_ids(traj.group_id_B)
+  return tid_B, return_E, group_E
 
 
 def _episode_advantage(traj: Trajectories, cfg: AdvantageConfig) -> np.ndarray:
-  tid_B, return_T, group_T = _traj_returns(traj)
+  tid_B, return_E, group_E = _traj_returns(traj)
   if cfg.cross_steps:
-    return _normalize_in_groups(return_T[tid_B], group_T[tid_B], cfg)
-  return _normalize_in_groups(return_T, group_T, cfg)[tid_B]
+    return _normalize_in_groups(return_E[tid_B], group_E[tid_B], cfg)
+  return _normalize_in_groups(return_E, group_E, cfg)[tid_B]
 
 
 def _reverse_discounted_sum(x_B: np.ndarray, coef_B: np.ndarray, traj: Trajectories) -> np.ndarray:
@@ -155,11 +157,11 @@ def gigpo(traj: Trajectories, cfg: AdvantageConfig) -> Advantages:
 def rloo(traj: Trajectories, cfg: AdvantageConfig) -> Advantages:
   """Leave-one-out baseline within the group: A_i = R_i − mean_{j≠i} R_j, broadcast to steps."""
   del cfg  # RLOO has no options
-  tid_B, return_T, group_T = _traj_returns(traj)
-  count_T = np.bincount(group_T)[group_T]
-  others_T = np.bincount(group_T, return_T)[group_T] - return_T
-  adv_T = np.where(count_T > 1, return_T - others_T / np.maximum(count_T - 1, 1), 0.0)
-  return Advantages(adv_T[tid_B].astype(np.float32), None)
+  tid_B, return_E, group_E = _traj_returns(traj)
+  count_E = np.bincount(group_E)[group_E]
+  others_E = np.bincount(group_E, return_E)[group_E] - return_E
+  adv_E = np.where(count_E > 1, return_E - others_E / np.maximum(count_E - 1, 1), 0.0)
+  return Advantages(adv_E[tid_B].astype(np.float32), None)
 
 
 def gae(traj: Trajectories, cfg: AdvantageConfig) -> Advantages:

@@ -60,14 +60,18 @@ def low_var_kl(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, mask_BxT: jax.Array
   return jnp.clip(jnp.exp(d_BxT) - d_BxT - 1.0, -KL_CLAMP, KL_CLAMP)
 
 
-def entropy_from_logits(logits_BxTxV: jax.Array) -> jax.Array:
-  """Full-vocabulary entropy of softmax(logits) per position, in float32."""
-  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-  return -jnp.sum(jnp.exp(logp_BxTxV) * logp_BxTxV, axis=-1)
+def logprobs_from_logits(logits_xV: jax.Array, tokens_x: jax.Array, temperature: float = 1.0,
+                         with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
+  """log softmax(logits / T) at `tokens` and, optionally, the full-vocabulary entropy of softmax(logits / T), for
+  any leading shape (the trainer's [B, T], the sampler's [B]): one definition, so PPO's ratios start at exactly 1."""
+  logits_xV = logits_xV.astype(jnp.float32)
+  logp_xV = jax.nn.log_softmax(logits_xV if temperature == 1.0 else logits_xV / temperature, axis=-1)
+  logp_x = jnp.take_along_axis(logp_xV, tokens_x[..., None], axis=-1)[..., 0]
+  return logp_x, -jnp.sum(jnp.exp(logp_xV) * logp_xV, axis=-1) if with_entropy else None
 
 
 def cmae(logp_BxT: jax.Array, obs_mask_BxT: jax.Array, cfg: LossConfig) -> jax.Array:
-  """Clipped MAE per row (paw.md Eqs. 7–9): Σ_i m_i (1 − p_i) / |o_{t+1}|, m = stop_grad(1[p ≤ ρ]).
+  """Clipped MAE per row (docs/PAW.md, Eqs. 7–9): Σ_i m_i (1 − p_i) / |o_{t+1}|, m = stop_grad(1[p ≤ ρ]).
 
   The denominator counts all observation tokens of the row; a row without any gives 0.
   """
@@ -117,8 +121,8 @@ def total_loss(logp_BxT: jax.Array, batch: Mapping[str, jax.Array], cfg: LossCon
 
   batch: action_mask_BxT, obs_mask_BxT, old_logp_BxT, ref_logp_BxT (read only when kl_coef ≠ 0), advantage_B,
   wm_weight_B (read only with `wm_loss`, a name of WM_LOSSES; None: no WM term, the base algorithm).
-  `n_action_tokens`: action tokens of the whole mini-batch, the denominator of every token mean. `entropy_BxT` (e.g. `entropy_from_logits`) is needed when entropy_coef ≠ 0 and is
-  logged whenever given.
+  `n_action_tokens`: action tokens of the whole mini-batch, the denominator of every token mean. `entropy_BxT` (from
+  `logprobs_from_logits`) is needed when entropy_coef ≠ 0 and is logged whenever given.
   """
   action_mask_BxT = batch["action_mask_BxT"].astype(bool)
   chex.assert_rank(logp_BxT, 2)

@@ -1,6 +1,6 @@
 """PaW host-side bookkeeping (numpy): action-entropy scores, top-α WM data selection, λ_g and per-row WM weights.
 
-The jitted loss (`losses.total_loss`) adds Σ_rows w_row · ℓ_WM(row) with the weights made here (paw.md, the
+The jitted loss (`losses.total_loss`) adds Σ_rows w_row · ℓ_WM(row) with the weights made here (docs/PAW.md, the
 Decision under Eq. 11): w_row = λ_g / (|G_wm| · |S_α ∩ g|) for a selected row of group g, 0 otherwise, so that
 Σ_rows w_row ℓ_row = (1/|G_wm|) Σ_{g ∈ G_wm} λ_g · mean_{r ∈ S_α ∩ g} ℓ_r, Eq. 11's E_g[λ_g · L_WM(S_α ∩ g)].
 """

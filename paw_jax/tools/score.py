@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paw_jax.algos.losses import logprobs_from_logits
 from paw_jax.models.transformer import positions_from_mask
 from paw_jax.tools.generate import load_model_and_tokenizer
 
@@ -20,8 +20,7 @@ def token_logprobs(model, token_ids: list[int]) -> np.ndarray:
   tokens_1xT = jnp.asarray([token_ids], jnp.int32)
   mask_1xT = jnp.ones(tokens_1xT.shape, bool)
   logits_1xTxV, _ = model(tokens_1xT, positions_from_mask(mask_1xT), mask_1xT)
-  logp_TxV = jax.nn.log_softmax(logits_1xTxV[0, :-1], axis=-1)
-  return np.asarray(jnp.take_along_axis(logp_TxV, tokens_1xT[0, 1:, None], axis=-1)[:, 0])
+  return np.asarray(logprobs_from_logits(logits_1xTxV[0, :-1], tokens_1xT[0, 1:])[0])
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,47 @@
+"""The RL program: a fresh start warms up and builds the learner from the warmed-up policy (with the critic for
+PPO), evaluation is seeded apart from the rollouts, and each new kind of episode error is printed once."""
+import jax
+import numpy as np
+
+from paw_jax.critic import CriticPlugin
+from paw_jax.envs.base import Task
+from paw_jax.programs import program_class
+from paw_jax.programs.rl import RLProgram
+from paw_jax.rollout import Episode
+from paw_jax.run import Run
+from tiny_run import tiny_run_config
+
+
+def test_start_warms_up_then_builds_the_learner_with_its_plug_ins(tmp_path):
+  config = tiny_run_config(tmp_path, "ppo", format_warmup_steps=3, format_warmup_episodes=8)
+  run = Run.open(config, resuming=False)
+  initial = jax.tree.map(np.array, run.initial_params)
+  with run.env_pool() as pool:
+    program = program_class("rl")(run, pool)
+    program.start()
+    assert isinstance(program, RLProgram) and run.initial_params is None
+    learner = program.learner
+    moved = [not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(initial),
+                                                                  jax.tree.leaves(learner.params))]
+    assert any(moved)  # the warm-up trained the weights RL starts from
+    assert int(learner.state.step) == 0  # with a fresh optimizer
+    for ref, params in zip(jax.tree.leaves(learner.state.ref_params), jax.tree.leaves(learner.params)):
+      np.testing.assert_array_equal(ref, params)  # the KL reference is the warmed-up policy
+    (critic,) = learner.plugins
+    assert isinstance(critic, CriticPlugin) and set(learner.states()) == {"policy", "critic"}
+    first, again = program.evaluate(), program.evaluate()
+  assert first == again and 0.0 <= first["eval/success"] <= 1.0  # a fixed task set and sampling key
+
+
+def test_each_new_kind_of_episode_error_is_printed_once(capsys):
+  def episodes(*errors):
+    return [Episode(0, i, Task("train", 0), "frozenlake", error=e) for i, e in enumerate(errors)]
+
+  program = RLProgram.__new__(RLProgram)
+  program._reported_errors = set()
+  program._report_errors(episodes(None, "prompt too long", "prompt too long", "env crashed"), "rollout")
+  program._report_errors(episodes("prompt too long", "env hung"), "eval")
+  assert capsys.readouterr().out.splitlines() == [
+      "warning: 2 rollout episode(s) ended as failed: prompt too long",
+      "warning: 1 rollout episode(s) ended as failed: env crashed",
+      "warning: 1 eval episode(s) ended as failed: env hung"]
