@@ -1,7 +1,7 @@
 """The trainer: a short loop over a training program (paw_jax/programs), with evaluation, metrics and checkpoints.
 
-A fresh run starts the program (e.g. its warm-up), evaluates (logged as update 0) and checkpoints that as update 0;
-a run whose workdir holds a checkpoint restores it instead, after checking that its config is the saved one, and
+A fresh run starts the program (e.g. its warm-up) and checkpoints that as update 0, then evaluates (logged as update
+0); a run whose workdir holds a checkpoint restores it instead, after checking that its config is the saved one, and
 cuts the metrics log back to the restored update. The final policy is exported as a HF directory, written to a
 temporary directory and renamed, so a killed export leaves none.
 """
@@ -35,10 +35,7 @@ def train(config: Config) -> dict[str, float]:
     program = program_class(config.program)(run, pool)
     if restored is None:
       program.start()
-      if t.eval_at_start:  # the curve's starting point: the policy RL starts from
-        last_eval = program.evaluate()
-        writer.write(0, last_eval)
-      checkpointer.save(0, program.learner.states(), {"next_update": 0}, force=True)
+      checkpointer.save(0, program.learner.states(), {"next_update": 0}, force=True)  # the warm-up's end
       start_update = 0
     else:
       program.build()
@@ -46,6 +43,9 @@ def train(config: Config) -> dict[str, float]:
       program.learner.load_states(states)
       start_update = int(meta["next_update"])
       print(f"resumed from {checkpointer.directory} at update {start_update}")
+    if start_update == 0 and t.eval_at_start and not last_eval:  # the curve's start: the policy RL starts from
+      last_eval = program.evaluate()
+      writer.write(0, last_eval)
     bar = progress(t.updates, initial=start_update, desc="updates")
     bar.update(last_eval, steps=0)
     for update_index in range(start_update, t.updates):

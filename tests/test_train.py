@@ -90,6 +90,15 @@ def test_resumed_run_replays_the_uninterrupted_run(tmp_path, algo):
     assert result.stderr.count("\n") == 1 and "optim.learning_rate: 0.001 -> 0.002" in result.stderr
 
 
+def test_the_warm_up_end_is_checkpointed(tmp_path):
+  first = run_main(tmp_path, *TINY, "--config.train.updates=0")  # warm-up, checkpoint 0, evaluation
+  assert "format warm-up: 2 steps" in first.stdout
+  second = run_main(tmp_path, *TINY, "--config.train.updates=1")
+  assert "resumed from" in second.stdout and "at update 0" in second.stdout
+  assert "format warm-up" not in second.stdout  # not redone
+  assert sorted(metric_lines(tmp_path)) == [0, 1]  # the evaluation at 0 is logged once
+
+
 def test_short_seeded_default_run_improves_with_a_quiet_terminal(tmp_path):
   """The CI-sized default (`configs/default.py:ci`) against its own start: the evaluation before RL (update 0)."""
   result = run_main(tmp_path)
