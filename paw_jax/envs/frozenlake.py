@@ -101,8 +101,7 @@ def generate_lake(rng: random.Random, size: int, hole_prob: float) -> Lake:
 class FrozenLakeEnv(TextEnv):
   """FrozenLake on a `size` x `size` map; `slippery` turns on gym's stochastic moves."""
   name = "frozenlake"
-  r_max = 10.0
-  invalid_penalty = -0.1
+  # rewards: TextEnv's (10 on success, -0.1 for an invalid action)
   max_steps = 20
 
   def __init__(self, size: int = 4, hole_prob: float = 0.2, slippery: bool = False, max_steps: int | None = None):

@@ -196,8 +196,7 @@ def generate_level(rng: random.Random, dim: int, num_boxes: int, min_moves: int,
 class SokobanEnv(TextEnv):
   """Sokoban on a `dim` x `dim` grid (outer ring of walls included) with `num_boxes` boxes."""
   name = "sokoban"
-  r_max = 10.0
-  invalid_penalty = -0.1
+  # rewards: TextEnv's (10 on success, -0.1 for an invalid action)
   max_steps = 25
 
   def __init__(self, dim: int = 6, num_boxes: int = 1, min_moves: int = 3, max_moves: int = 12,
