@@ -19,6 +19,7 @@ CORE = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "rank-bm25>=0.2.2",
+    "rouge-score>=0.1.2",  # ROUGE-L, RWML's reward for structured observations
 ]
 ENVS = [
     "textworld[pddl]>=1.6.1",
