@@ -36,6 +36,7 @@ class Turn:
   done: bool
   invalid: bool
   params_version: int
+  action: str = ""  # the parsed action (the reply's tail when none parses): what the history shows later turns
 
 
 @dataclasses.dataclass
@@ -44,6 +45,7 @@ class Episode:
   traj_id: int
   task: Task
   task_type: str
+  task_text: str = ""  # the env's task description (the prompt may reword it)
   episode_return: float = 0.0
   won: bool = False
   length: int = 0
@@ -56,7 +58,6 @@ class _Live:
   """An episode in progress."""
   slot: int
   episode: Episode
-  task_text: str
   observation: str
   admissible: list[str] | None
   history: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -75,7 +76,8 @@ def build_prompt(tokenizer: Tokenizer, env_cls: type[TextEnv], cfg: PromptConfig
   """Prompt tokens for the live episode's next turn; drops the oldest history pairs when too long (None: no fit)."""
   history = list(live.history)
   while True:
-    text = render_turn(env_cls, cfg, live.task_text, live.episode.length, history, live.observation, live.admissible)
+    text = render_turn(env_cls, cfg, live.episode.task_text, live.episode.length, history, live.observation,
+                       live.admissible)
     ids = tokenizer.encode_chat(chat_messages(cfg, text), add_generation_prompt=True)
     if len(ids) <= max_prompt_len:
       return ids
@@ -109,12 +111,12 @@ def _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampl
   stats.env_s += time.perf_counter() - start
   episodes, live = [], []
   for slot, ((group_id, traj_id, task), (observation, info)) in enumerate(zip(wave, resets)):
-    episode = Episode(group_id, traj_id, task, str(info.get("task_type", "")))
+    episode = Episode(group_id, traj_id, task, str(info.get("task_type", "")), str(info.get("task", "")))
     episodes.append(episode)
     if "error" in info:
       episode.error = info["error"]
       continue
-    live.append(_Live(slot, episode, str(info.get("task", "")), observation, info.get("admissible_actions")))
+    live.append(_Live(slot, episode, observation, info.get("admissible_actions")))
 
   turns: list[Turn] = []
   while live:
@@ -138,19 +140,26 @@ def _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampl
     stats.env_s += time.perf_counter() - start
     live = []
     for episode, prompt, sample, reply, result in zip(playable, prompts, samples, replies, results):
+      action = action_text(env_cls, reply)
       turns.append(Turn(episode.episode.group_id, episode.episode.traj_id, episode.episode.length, prompt,
                         sample["tokens"], sample["logprobs"], sample["entropy"], episode.observation,
                         result.observation, result.reward, result.done, bool(result.info.get("invalid")),
-                        params_version))
+                        params_version, action))
       stats.turns += 1
       stats.response_tokens += len(sample["tokens"])
-      _advance(env_cls, episode, reply, result)
+      _advance(episode, action, result)
       if not result.done:
         live.append(episode)
   return turns, episodes
 
 
-def _advance(env_cls: type[TextEnv], live: _Live, reply: str, result) -> None:
+def action_text(env_cls: type[TextEnv], reply: str) -> str:
+  """The action a reply took, as later prompts' history shows it: the parsed action, else the reply's tail."""
+  action = parse_action(reply, env_cls.action_tags, env_cls.max_reply_chars)
+  return action.text if action else reply[-200:]
+
+
+def _advance(live: _Live, action: str, result) -> None:
   episode = live.episode
   episode.length += 1
   episode.episode_return += result.reward
@@ -158,8 +167,7 @@ def _advance(env_cls: type[TextEnv], live: _Live, reply: str, result) -> None:
   episode.won = episode.won or bool(result.info.get("won"))
   if "error" in result.info:
     episode.error = result.info["error"]
-  action = parse_action(reply, env_cls.action_tags, env_cls.max_reply_chars)
-  live.history.append((live.observation, action.text if action else reply[-200:]))
+  live.history.append((live.observation, action))
   live.observation = result.observation
   live.admissible = result.info.get("admissible_actions")
 

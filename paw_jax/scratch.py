@@ -64,5 +64,6 @@ def warmup_turns(env: TextEnv, tokenizer: Tokenizer, prompt_cfg: PromptConfig, e
     prompt_ids = tokenizer.encode_chat(chat_messages(prompt_cfg, text), add_generation_prompt=True)
     response = np.asarray(tokenizer.encode(reply_text(type(env), action)) + [tokenizer.eos_token_id], np.int32)
     zeros = np.zeros(len(response), np.float32)
-    turns.append(Turn(0, i, 0, prompt_ids, response, zeros, zeros, observation, next_observation, 0.0, True, False, 0))
+    turns.append(Turn(0, i, 0, prompt_ids, response, zeros, zeros, observation, next_observation, 0.0, True, False, 0,
+                      action))
   return turns
