@@ -35,9 +35,9 @@ def format_instruction(env_cls: type[TextEnv], think: bool) -> str:
           f"action for the current step and present it within {tags} tags.")
 
 
-def render_turn(env_cls: type[TextEnv], cfg: PromptConfig, task: str, step: int, history: list[tuple[str, str]],
-                observation: str, admissible: list[str] | None) -> str:
-  """The user message of turn `step` (0-based); `history` holds every earlier (observation, action) pair."""
+def _context(cfg: PromptConfig, task: str, step: int, history: list[tuple[str, str]],
+             observation: str) -> dict[str, str]:
+  """The task, the last K (observation, action) pairs and the current observation of turn `step` (0-based)."""
   kept = history if cfg.history < 0 else history[len(history) - cfg.history:] if cfg.history else []
   parts = {"task": (cfg.task or task).strip(), "history": ""}
   if step and not kept:
@@ -48,9 +48,38 @@ def render_turn(env_cls: type[TextEnv], cfg: PromptConfig, task: str, step: int,
     parts["history"] = (f"Prior to this step, you have already taken {step} step(s). Below are the most recent "
                         f"{len(kept)} observations and the corresponding actions you took:\n{past}")
   parts["observation"] = f"You are now at step {step + 1} and your current observation is:\n{observation.strip()}"
+  return parts
+
+
+def render_turn(env_cls: type[TextEnv], cfg: PromptConfig, task: str, step: int, history: list[tuple[str, str]],
+                observation: str, admissible: list[str] | None) -> str:
+  """The user message of turn `step` (0-based); `history` holds every earlier (observation, action) pair."""
+  parts = _context(cfg, task, step, history, observation)
   parts["admissible"] = env_cls.format_admissible(admissible) if cfg.list_admissible else ""
   parts["instruction"] = cfg.instruction or format_instruction(env_cls, cfg.think)
   return "\n\n".join(parts[name] for name in cfg.order if parts[name])
+
+
+NEXT_STATE_TAG = "next_state"
+NEXT_STATE_INSTRUCTION = (
+    "Predict the observation you will see right after taking the potential action. You should first reason "
+    f"step-by-step about how the action changes the situation, inside {tagged('think', ' ')} tags, then give the "
+    f"predicted next observation inside {tagged(NEXT_STATE_TAG, ' ')} tags.")
+
+
+def render_next_state(cfg: PromptConfig, task: str, step: int, history: list[tuple[str, str]], observation: str,
+                      action: str) -> str:
+  """RWML's world-model prompt (docs/RWML.md): the turn's context, the action to judge, and the instruction to predict
+  its next observation in <next_state> tags. Parts follow `cfg.order`, the potential action in the admissible slot."""
+  parts = _context(cfg, task, step, history, observation)
+  parts["admissible"] = f"Potential action: {action}"
+  parts["instruction"] = NEXT_STATE_INSTRUCTION
+  return "\n\n".join(parts[name] for name in cfg.order if parts[name])
+
+
+def next_state_label(next_observation: str) -> str:
+  """Next-state SFT's target (the paper's "WM SFT"): an empty think block, then the real next observation."""
+  return tagged("think", "") + tagged(NEXT_STATE_TAG, next_observation.strip())
 
 
 def chat_messages(cfg: PromptConfig, user_text: str) -> list[dict[str, str]]:

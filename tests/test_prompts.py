@@ -3,7 +3,8 @@ import pytest
 
 from paw_jax.envs.frozenlake import FrozenLakeEnv
 from paw_jax.envs.search_qa import SearchQAEnv
-from paw_jax.prompts import PromptConfig, render_turn
+from paw_jax.algos.rewards import extract_next_state
+from paw_jax.prompts import PromptConfig, next_state_label, render_next_state, render_turn
 
 HISTORY = [("obs one", "left"), ("obs two", "up"), ("obs three", "down")]
 
@@ -44,3 +45,22 @@ def test_configured_task_instruction_and_order():
   with pytest.raises(ValueError, match="prompt.order must name each of task, history, observation, admissible, "
                                        "instruction once; got task, observation"):
     PromptConfig(order=("task", "observation"))
+
+
+def test_next_state_prompt_puts_the_potential_action_where_the_actions_were():
+  text = render_next_state(PromptConfig(history=1), "Reach the goal.", 3, HISTORY, "grid now", "left")
+  assert text == (
+      "Reach the goal.\n\n"
+      "Prior to this step, you have already taken 3 step(s). Below are the most recent 1 observations and the "
+      "corresponding actions you took:\n[Observation 3: obs three]\n[Action 3: down]\n\n"
+      "You are now at step 4 and your current observation is:\ngrid now\n\n"
+      "Potential action: left\n\n"
+      "Predict the observation you will see right after taking the potential action. You should first reason "
+      "step-by-step about how the action changes the situation, inside <think> </think> tags, then give the "
+      "predicted next observation inside <next_state> </next_state> tags.")
+
+
+def test_next_state_label_is_what_the_reward_parses():
+  label = next_state_label("  You see a fridge.\n")
+  assert label == "<think></think><next_state>You see a fridge.</next_state>"
+  assert extract_next_state(label, max_chars=1000) == "You see a fridge."

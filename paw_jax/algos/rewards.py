@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 import numpy as np
 from rouge_score import rouge_scorer
 
+from paw_jax.prompts import NEXT_STATE_TAG
+
 if TYPE_CHECKING:
   from paw_jax.models.embedders import Embedder
 
-OPEN_TAG, CLOSE_TAG = "<next_state>", "</next_state>"
+OPEN_TAG, CLOSE_TAG = f"<{NEXT_STATE_TAG}>", f"</{NEXT_STATE_TAG}>"
 ROUGE_STEPS = 5  # ROUGE-L F1 is rounded to multiples of 1 / 5 = 0.2
 
 
