@@ -14,7 +14,6 @@ import argparse
 import json
 import random
 import re
-import sys
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -22,7 +21,9 @@ import numpy as np
 from paw_jax.algos.rewards import SIMILARITY_REWARDS
 from paw_jax.envs import EnvError, Task, TextEnv, make, tagged
 from paw_jax.scratch import TASKS_PER_SEED, random_play
+from paw_jax.tools.similarity import load_embedder, usage_error
 
+TOOL = "rwml_calibrate"  # the name its one-line errors start with
 KINDS = ("near", "other action", "random")
 SPLIT = "train"  # random play's split; a replay must reset the same tasks
 
@@ -142,26 +143,6 @@ def propose_tau(near_N: np.ndarray, other_N: np.ndarray) -> float | None:
   return (near90 + other10) / 2 if near90 < other10 else None
 
 
-def _usage_error(message: str) -> SystemExit:
-  print(f"rwml_calibrate: {message}", file=sys.stderr)
-  return SystemExit(2)
-
-
-def _load_embedder(name: str, path: str | None):
-  """None for rouge_l; imported here so that the rouge_l path never loads jax or an embedding model."""
-  if name == "rouge_l":
-    return None
-  from paw_jax.models import embedders
-  if name not in embedders.EMBEDDERS:
-    raise _usage_error(f"unknown --embedder {name!r}; known: rouge_l, {', '.join(embedders.EMBEDDERS)}")
-  try:
-    return embedders.load_embedder(name, path)
-  except (OSError, ValueError, KeyError) as error:
-    message = error.args[0] if isinstance(error, KeyError) else error  # str(KeyError) would add quotes
-    source = f" from {path!r}" if path else ""
-    raise _usage_error(f"cannot load --embedder {name!r}{source}: {' '.join(str(message).split())}") from None
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--env", required=True, help="env registry name")
@@ -174,14 +155,14 @@ def main(argv=None) -> None:
   try:
     env_kwargs = json.loads(args.env_kwargs)
   except json.JSONDecodeError as error:
-    raise _usage_error(f"--env_kwargs is not JSON: {error}") from None
+    raise usage_error(TOOL, f"--env_kwargs is not JSON: {error}") from None
   if not isinstance(env_kwargs, dict):
-    raise _usage_error(f"--env_kwargs must be a JSON object, got {args.env_kwargs!r}")
-  embedder = _load_embedder(args.embedder, args.path)  # before playing: a bad name fails at once
+    raise usage_error(TOOL, f"--env_kwargs must be a JSON object, got {args.env_kwargs!r}")
+  embedder = load_embedder(TOOL, args.embedder, args.path)  # before playing: a bad name fails at once
   try:
     env = make(args.env, **env_kwargs)
   except (EnvError, TypeError, ValueError) as error:
-    raise _usage_error(' '.join(str(error).split())) from None
+    raise usage_error(TOOL, ' '.join(str(error).split())) from None
   try:
     turns = play(env, args.episodes, args.seed)
     pairs = candidates(env, turns, args.seed)

@@ -15,22 +15,26 @@ from paw_jax.algos.rewards import similarity_rewards
 DEFAULT_TAU = 0.2  # the paper's τ_d for ALFWorld with Qwen3-Embedding-8B
 
 
-def _usage_error(message: str) -> SystemExit:
-  print(f"similarity: {message}", file=sys.stderr)
+def usage_error(tool: str, message: str) -> SystemExit:
+  """One line on stderr, naming the tool; raise the returned SystemExit (status 2)."""
+  print(f"{tool}: {message}", file=sys.stderr)
   return SystemExit(2)
 
 
-def _load_embedder(name: str, path: str | None):
-  """The embedder of `--embedder`; imported here so that the rouge_l path never loads jax or an embedding model."""
+def load_embedder(tool: str, name: str, path: str | None):
+  """The embedder of `--embedder` (None for rouge_l), or exit 2 with one line; imported here so that the rouge_l path
+  never loads jax or an embedding model."""
+  if name == "rouge_l":
+    return None
   from paw_jax.models import embedders
   if name not in embedders.EMBEDDERS:
-    raise _usage_error(f"unknown --embedder {name!r}; known: rouge_l, {', '.join(embedders.EMBEDDERS)}")
+    raise usage_error(tool, f"unknown --embedder {name!r}; known: rouge_l, {', '.join(embedders.EMBEDDERS)}")
   try:
     return embedders.load_embedder(name, path)
   except (OSError, ValueError, KeyError) as error:
     message = error.args[0] if isinstance(error, KeyError) else error  # str(KeyError) would add quotes
     source = f" from {path!r}" if path else ""
-    raise _usage_error(f"cannot load --embedder {name!r}{source}: {' '.join(str(message).split())}") from None
+    raise usage_error(tool, f"cannot load --embedder {name!r}{source}: {' '.join(str(message).split())}") from None
 
 
 def main(argv=None) -> None:
@@ -49,7 +53,7 @@ def main(argv=None) -> None:
           + (f" (tau {args.threshold:g})" if args.threshold is not None else ""))
     return
   tau = DEFAULT_TAU if args.threshold is None else args.threshold
-  embedder = _load_embedder(args.embedder, args.path)
+  embedder = load_embedder("similarity", args.embedder, args.path)
   reward_N, stats = similarity_rewards("cosine", [args.prediction], [args.reference], embedder=embedder, tau=tau)
   cosine = stats["mean_cosine"]
   print(f"cosine similarity {cosine:.4f}, distance {1.0 - cosine:.4f}, reward {reward_N[0]:g} (tau {tau:g})")
