@@ -1,10 +1,13 @@
 """The RL program: a fresh start warms up and builds the learner from the warmed-up policy (with the critic for
-PPO), evaluation is seeded apart from the rollouts, and each new kind of episode error is printed once."""
+PPO), evaluation is seeded apart from the rollouts, an update whose episodes all crashed is skipped, and each new
+kind of episode error is printed once."""
 import jax
 import numpy as np
 
 from paw_jax.critic import CriticPlugin
 from paw_jax.envs.base import Task
+from paw_jax.envs.frozenlake import FrozenLakeEnv
+from paw_jax.envs.pool import EnvPool
 from paw_jax.programs import program_class
 from paw_jax.programs.rl import RLProgram
 from paw_jax.rollout import Episode
@@ -31,6 +34,22 @@ def test_start_warms_up_then_builds_the_learner_with_its_plug_ins(tmp_path):
     assert isinstance(critic, CriticPlugin) and set(learner.states()) == {"policy", "critic"}
     first, again = program.evaluate(), program.evaluate()
   assert first == again and 0.0 <= first["eval/success"] <= 1.0  # a fixed task set and sampling key
+
+
+class CrashingLake(FrozenLakeEnv):
+  def _reset(self, task):
+    raise RuntimeError("injected reset crash")
+
+
+def test_an_update_whose_episodes_all_crashed_is_skipped_and_the_run_goes_on(tmp_path, capsys):
+  run = Run.open(tiny_run_config(tmp_path), resuming=False)
+  with EnvPool(f"{__name__}:CrashingLake", 8, {"size": 3}, in_process=True) as pool:
+    program = RLProgram(run, pool)
+    program.build()
+    metrics = program.update(0)
+  assert metrics["train/skipped"] == 1.0 and metrics["rollout/rows"] == 0.0 and metrics["rollout/env_errors"] == 8.0
+  assert int(program.learner.state.step) == 0
+  assert "warning: 8 rollout episode(s) ended as failed: RuntimeError: injected reset crash" in capsys.readouterr().out
 
 
 def test_each_new_kind_of_episode_error_is_printed_once(capsys):

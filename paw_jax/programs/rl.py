@@ -64,6 +64,10 @@ class RLProgram:
                                           int(self.learner.state.step))
     timings = {"time/rollout": time.perf_counter() - start, "time/sample": stats.sample_s, "time/env": stats.env_s}
     self._report_errors(episodes, "rollout")
+    rollout_metrics = {**episode_metrics(episodes, "rollout"), "rollout/rows": float(len(turns)),
+                       "rollout/response_tokens": stats.response_tokens / max(stats.turns, 1)}
+    if not turns:  # every episode failed before its first action (e.g. the env crashed): the run goes on
+      return {**rollout_metrics, **timings, "train/skipped": 1.0}
     start = time.perf_counter()
     batch, paw_metrics = prepare(
         turns, episodes, run.tokenizer, c, run.env_cls.r_max,
@@ -72,8 +76,7 @@ class RLProgram:
     train_metrics = self.learner.update(batch, c.batch.mini_batch, c.batch.micro_batch, c.algo.old_logp,
                                         c.algo.epochs)
     timings["time/train"] = time.perf_counter() - start
-    return {**episode_metrics(episodes, "rollout"), **train_metrics, **paw_metrics, **timings,
-            "rollout/response_tokens": stats.response_tokens / max(stats.turns, 1), "rollout/rows": float(len(turns))}
+    return {**rollout_metrics, **train_metrics, **paw_metrics, **timings}
 
   def evaluate(self) -> dict[str, float]:
     """One episode per task of a fixed eval set, at the eval temperature."""
