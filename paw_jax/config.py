@@ -331,8 +331,9 @@ def check_resume(config: Config, saved_json: str) -> None:
                      if saved.get(k) != now.get(k) and not k.startswith(RUN_LENGTH_FIELDS))
   if differing:
     changes = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differing[:4])
-    raise ConfigError(f"{config.workdir} holds a run with another config ({changes}{'; ...' if len(differing) > 4 else ''}): "
-                      "resume with the same settings or use a new workdir")
+    more = "; ..." if len(differing) > 4 else ""
+    raise ConfigError(f"{config.workdir} holds a run with another config ({changes}{more}): resume with the same "
+                      "settings or use a new workdir")
 
 
 def config_json(config: Config) -> str:
