@@ -8,7 +8,8 @@ import transformers
 
 from hf_models import make_hf_model
 from paw_jax.models import assets
-from paw_jax.models.embedders import DecoderEmbedder, MiniLMEmbedder, cosine_distance, load_embedder
+from paw_jax.algos.rewards import cosine_distance
+from paw_jax.models.embedders import DecoderEmbedder, MiniLMEmbedder, load_embedder
 from paw_jax.models.tokenizer import ENDOFTEXT, PAD
 
 SENTENCES = ["Hi.", "You open the fridge. It contains an apple.", "The fridge is open; inside is an apple.",

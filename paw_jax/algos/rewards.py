@@ -86,12 +86,15 @@ def rouge_l_reward(predictions: Sequence[str], references: Sequence[str]) -> np.
   return (_rouge_l_steps(predictions, references) / ROUGE_STEPS).astype(np.float32)
 
 
+def cosine_distance(a_NxD: np.ndarray, b_NxD: np.ndarray) -> np.ndarray:
+  """d_N = 1 − cos of paired rows that are already L2-normalised (what `Embedder.embed` returns), in float64."""
+  return 1.0 - np.sum(np.asarray(a_NxD, np.float64) * np.asarray(b_NxD, np.float64), axis=-1)
+
+
 def _cosine(predictions: Sequence[str], references: Sequence[str], embedder: Embedder | None) -> np.ndarray:
-  """1 − cos of the L2-normalised embeddings; the real observation is embedded as the query, the prediction as the
-  document (embedders with a query instruction, as Qwen3-Embedding, put it on the reference)."""
-  ref_PxD = embedder.embed(references, query=True)
-  pred_PxD = embedder.embed(predictions, query=False)
-  return 1.0 - np.sum(ref_PxD.astype(np.float64) * pred_PxD, axis=1)
+  """1 − cos of the embeddings; the real observation is embedded as the query, the prediction as the document
+  (embedders with a query instruction, as Qwen3-Embedding, put it on the reference)."""
+  return cosine_distance(embedder.embed(references, query=True), embedder.embed(predictions, query=False))
 
 
 def _rouge_l(predictions: Sequence[str], references: Sequence[str], embedder: Embedder | None) -> np.ndarray:

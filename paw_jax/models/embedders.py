@@ -1,6 +1,6 @@
 """Text embedders for RWML's similarity reward: one interface, a BERT (MiniLM) and a decoder (Qwen3-Embedding) backend.
 
-Every backend returns L2-normalised float32 rows, so `cosine_distance` is 1 - a.b. Texts are tokenized on the host,
+Every backend returns L2-normalised float32 rows, so 1 − cos is 1 − a·b (`algos.rewards.cosine_distance`). Texts are tokenized on the host,
 sorted by length and run in batches whose rows and length are padded to powers of two (capped at `batch_size` and
 `max_length`), so a backend compiles at most log2(batch_size) x log2(max_length) programs however many texts come.
 Texts longer than `max_length` tokens are truncated from the right.
@@ -20,7 +20,7 @@ import tokenizers
 from flax import nnx
 
 from paw_jax.models import assets, bert, hf_io
-from paw_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from paw_jax.models.config import SUPPORTED_MODEL_TYPES
 from paw_jax.models.tokenizer import ENDOFTEXT, Tokenizer
 from paw_jax.models.transformer import positions_from_mask
 
@@ -33,11 +33,6 @@ class Embedder(Protocol):
   def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
     """float32 [N, D], each row L2-normalised; `query` marks texts embedded as queries (instructed backends)."""
     ...
-
-
-def cosine_distance(a_NxD: np.ndarray, b_NxD: np.ndarray) -> np.ndarray:
-  """d_N = 1 - cos of paired rows that are already L2-normalised (what `Embedder.embed` returns)."""
-  return 1.0 - np.sum(np.asarray(a_NxD, np.float32) * np.asarray(b_NxD, np.float32), axis=-1)
 
 
 def _next_power_of_two(n: int) -> int:
@@ -121,23 +116,6 @@ def _sentence_transformers_max_length(path: pathlib.Path) -> int | None:
   return json.loads(config_file.read_text()).get("max_seq_length") if config_file.is_file() else None
 
 
-class _BackboneTensors:
-  """Tensor view that also accepts a bare backbone's keys: Qwen3-Embedding ships `layers.0...`, `norm.weight`, not
-  the causal LM's `model.layers.0...`."""
-
-  def __init__(self, tensors):
-    self._tensors = tensors
-
-  def _key(self, key: str) -> str:
-    return key if key in self._tensors else key.removeprefix("model.")
-
-  def __contains__(self, key: str) -> bool:
-    return self._key(key) in self._tensors
-
-  def __getitem__(self, key: str) -> np.ndarray:
-    return self._tensors[self._key(key)]
-
-
 class DecoderEmbedder:
   """Qwen3-Embedding style through paw_jax's decoder: last-token pooling of the final-normed hidden states, L2 norm.
 
@@ -159,10 +137,9 @@ class DecoderEmbedder:
                        f"{', '.join(SUPPORTED_MODEL_TYPES)}, safetensors and tokenizer.json)")
     try:
       # The LM head is never used, and Qwen3-Embedding-8B ships none although its config says untied.
-      cfg = ModelConfig.from_hf(hf_config, tie_word_embeddings=True, **cfg_overrides)
+      cfg, params = hf_io.load_checkpoint(path, tie_word_embeddings=True, **cfg_overrides)
     except ValueError as e:
       raise ValueError(f"'{path}' is not a supported decoder checkpoint: {e}") from None
-    params = hf_io.hf_to_params(cfg, _BackboneTensors(hf_io._SafetensorsDir(path)))
     self._graphdef, self._state = nnx.split(hf_io.model_from_params(cfg, params))
     self.dim = cfg.hidden_size
     self.instruction = instruction

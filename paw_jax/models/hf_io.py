@@ -132,7 +132,10 @@ def read_config(path: str | pathlib.Path) -> dict[str, Any]:
 
 
 class _SafetensorsDir:
-  """Lazy HF-name -> array view over a directory's safetensors files (single file or index-sharded)."""
+  """Lazy HF-name -> array view over a directory's safetensors files (single file or index-sharded).
+
+  A bare backbone (e.g. Qwen3-Embedding: `layers.0...`, `norm.weight`) answers for the causal LM's `model.` names.
+  """
 
   def __init__(self, path: pathlib.Path):
     index_file = path / "model.safetensors.index.json"
@@ -148,10 +151,14 @@ class _SafetensorsDir:
         with safe_open(file, framework="flax") as f:
           self._file_of.update({key: file for key in f.keys()})
 
+  def _key(self, key: str) -> str:
+    return key if key in self._file_of else key.removeprefix("model.")
+
   def __contains__(self, key: str) -> bool:
-    return key in self._file_of
+    return self._key(key) in self._file_of
 
   def __getitem__(self, key: str) -> np.ndarray:
+    key = self._key(key)
     with safe_open(self._file_of[key], framework="flax") as f:
       return np.asarray(f.get_tensor(key).astype(jnp.float32))
 

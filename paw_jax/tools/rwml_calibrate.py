@@ -112,15 +112,12 @@ def candidates(env: TextEnv, turns: Sequence[PlayedTurn], seed: int) -> dict[str
 
 
 def distances(pairs: Sequence[tuple[str, str]], embedder=None) -> np.ndarray:
-  """d of each (reference, candidate) pair: 1 − cos with the reference embedded as the query, or, without an
-  embedder, the rouge_l reward's distance (1 − ROUGE-L F1 rounded to steps of 0.2)."""
+  """d of each (reference, candidate) pair, as the trainer's reward computes it: the cosine distance with the
+  reference embedded as the query, or, without an embedder, the rouge_l distance (1 − ROUGE-L F1 in steps of 0.2)."""
   if not pairs:
     return np.zeros(0)
   references, predictions = [list(texts) for texts in zip(*pairs)]
-  if embedder is None:
-    return SIMILARITY_REWARDS["rouge_l"].fn(predictions, references, None)
-  from paw_jax.models.embedders import cosine_distance
-  return cosine_distance(embedder.embed(references, query=True), embedder.embed(predictions, query=False))
+  return SIMILARITY_REWARDS["rouge_l" if embedder is None else "cosine"].fn(predictions, references, embedder)
 
 
 def percentiles(distance_N: np.ndarray) -> tuple[float, float, float]:
