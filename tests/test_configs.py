@@ -1,13 +1,11 @@
-"""Config files, their documented variants, the paper's hyperparameters, the launch scripts, the Colab notebook and
-paw_jax.distributed."""
+"""Config files, their documented variants, the paper's hyperparameters, the Colab notebook and paw_jax.distributed
+(the launch scripts: tests/test_launch.py)."""
 import inspect
 import json
 import os
 import pathlib
 import re
-import shlex
 import socket
-import stat
 import subprocess
 import sys
 import textwrap
@@ -147,51 +145,6 @@ def test_command_line_length_override_moves_max_len():
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
   values(argv)
   assert (values.config.batch.max_len, values.config.batch.micro_batch) == (5120, 8)
-
-
-# --- launch/ ----------------------------------------------------------------------------------------------------------
-def fake_commands(tmp_path: pathlib.Path, *names: str) -> dict[str, str]:
-  """Stand-ins on PATH that log their arguments, one call a line, to tmp_path/calls."""
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  for name in names:
-    script = bin_dir / name
-    script.write_text(textwrap.dedent(f"""\
-        #!/bin/bash
-        {{ printf {name}; printf ' [%s]' "${{@//$'\\n'/ }}"; echo; }} >> {tmp_path}/calls
-        if [[ $1 == show ]]; then printf 'gpu-node7\\ngpu-node8\\n'; fi
-        """))
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-  return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-
-
-def test_tpu_pod_script_installs_and_runs_on_every_worker(tmp_path):
-  env = {**fake_commands(tmp_path, "gcloud"), "PAW_MODEL_DIR": "/mnt/my models"}
-  env.pop("ALFWORLD_DATA", None)  # importing alfworld sets it
-  spec = "configs/alfworld.py:model=qwen2.5-7b,algo=gigpo"
-  subprocess.run(["bash", ROOT / "launch/tpu_pod.sh", "my-tpu", "us-central2-b", spec, "gs://b/run",
-                  "--config.seed=3"], env=env, check=True, capture_output=True)
-  calls = (tmp_path / "calls").read_text().splitlines()
-  assert len(calls) == 4 and all("[--zone=us-central2-b]" in c for c in calls)
-  scp, install, start, follow = calls
-  assert "[scp]" in scp and "[--worker=all]" in scp and "paw_jax.tar.gz]" in scp
-  assert "[--worker=all]" in install and 'pip install -q -U "jax[tpu]" -e ".[envs]"' in install
-  assert "[--worker=all]" in start
-  words = shlex.split(start[start.index("cd ~/paw_jax && ") + 16:start.index(" > ~/paw_jax.log")])  # as ssh's shell
-  assert words == ["PAW_COORDINATOR=auto", "PAW_MODEL_DIR=/mnt/my models", "nohup", "python3", "-m", "paw_jax.main",
-                   f"--config={spec}", "--config.workdir=gs://b/run", "--config.seed=3"]
-  assert "[--worker=0]" in follow and "paw_jax.log" in follow
-
-
-def test_slurm_script_exports_the_coordinator_and_runs_one_task_per_process(tmp_path):
-  env = {**fake_commands(tmp_path, "scontrol", "srun"), "SLURM_JOB_NODELIST": "gpu-node[7-8]", "SLURM_NTASKS": "16",
-         "SLURM_JOB_ID": "12345", "SLURM_JOB_NUM_NODES": "2", "SLURM_SUBMIT_DIR": str(ROOT)}
-  (tmp_path / "bin" / "srun").write_text(f'#!/bin/bash\necho "$PAW_COORDINATOR $PAW_NUM_PROCESSES $*" > {tmp_path}/srun\n')
-  subprocess.run(["bash", ROOT / "launch/slurm_gpu.sbatch", "configs/webshop.py:algo=gigpo", "/shared/run"], env=env,
-                 check=True, capture_output=True)
-  assert (tmp_path / "srun").read_text().split() == [
-      "gpu-node7:32345", "16", "--kill-on-bad-exit=1", "python", "-m", "paw_jax.main",
-      "--config=configs/webshop.py:algo=gigpo", "--config.workdir=/shared/run"]
 
 
 # --- notebooks/ -------------------------------------------------------------------------------------------------------

@@ -128,11 +128,14 @@ def test_slurm_dry_run_a_process_per_gpu_is_jax_own_slurm_detection_with_a_share
   assert "--cpus-per-task=6" in _commands(chosen.stdout)[0]
 
 
-def test_slurm_refuses_a_task_count_that_is_neither_per_node_nor_per_gpu(tmp_path):
+def test_slurm_refuses_a_task_count_that_is_neither_per_node_nor_per_gpu_and_a_run_outside_a_job(tmp_path):
   result = _bash("slurm_gpu.sbatch", "--dry-run", *SLURM_ARGS, env=_slurm_env(tmp_path, 4))
   assert result.returncode == 2 and result.stdout == ""
   assert "--ntasks-per-node=4 with 8 GPUs per node: use 1 (a process per node) or 8 (a process per GPU)" in \
       result.stderr
+  outside = _bash("slurm_gpu.sbatch", "--dry-run", *SLURM_ARGS, env=_clean_env(tmp_path, SLURM_SUBMIT_DIR=str(ROOT)))
+  assert outside.returncode == 2 and outside.stderr == "slurm_gpu.sbatch: SLURM_JOB_ID is not set: this runs inside " \
+      "a Slurm job (sbatch launch/slurm_gpu.sbatch ...)\n"
 
 
 # --- local.sh ---------------------------------------------------------------------------------------------------------
