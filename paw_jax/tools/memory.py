@@ -314,7 +314,7 @@ def compile_programs(config, cfg, mesh) -> tuple[dict[str, int], dict[str, Progr
   from paw_jax.critic import Critic, critic_loss
   from paw_jax.learner import jit_update, make_optimizer, rl_loss
   from paw_jax.models.transformer import Decoder
-  from paw_jax.sampling import SamplingConfig, generate, stop_string_table
+  from paw_jax.sampling import generate, stop_string_table
 
   with_ref = config.algo.loss.kl_coef != 0
   with_critic = ADVANTAGES[config.algo.name].needs_critic
