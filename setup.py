@@ -30,6 +30,8 @@ TEST = [
     "pytest>=8",
     "torch==2.13.0",  # CPU build; transformers + torch are the numerical oracle
     "accelerate>=1.0",  # transformers' own GGUF loading (the oracle) needs it
+    "nbclient>=0.10",  # executes the Colab notebook in tests/test_notebook.py
+    "ipykernel>=6.29",  # the kernel it runs the notebook in (the test's own Python)
 ]
 
 setup(

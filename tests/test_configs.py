@@ -1,7 +1,7 @@
-"""Config files, their documented variants, the paper's hyperparameters, the Colab notebook and paw_jax.distributed
-(the launch scripts: tests/test_launch.py)."""
+"""Config files, their documented variants (config docstrings, launch/, the Colab notebook), the paper's
+hyperparameters and paw_jax.distributed (the launch scripts: tests/test_launch.py; the notebook runs in
+tests/test_notebook.py)."""
 import inspect
-import json
 import os
 import pathlib
 import re
@@ -145,23 +145,6 @@ def test_command_line_length_override_moves_max_len():
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
   values(argv)
   assert (values.config.batch.max_len, values.config.batch.micro_batch) == (5120, 8)
-
-
-# --- notebooks/ -------------------------------------------------------------------------------------------------------
-def test_colab_notebook_is_valid_nbformat_4_with_python_that_compiles():
-  notebook = json.loads((ROOT / "notebooks" / "paw_jax_colab.ipynb").read_text())
-  assert notebook["nbformat"] == 4 and notebook["cells"]
-  code = []
-  for cell in notebook["cells"]:
-    assert cell["cell_type"] in ("markdown", "code") and isinstance(cell["source"], list)
-    if cell["cell_type"] == "code":
-      assert cell["outputs"] == [] and cell["execution_count"] is None  # stored unexecuted
-      source = "".join(cell["source"])
-      code.append(source)
-      compile("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("!", "%"))),
-              "cell", "exec")
-  code = "\n".join(code)
-  assert 'REPO_URL = "' in code and 'get_config("ci")' in code and "plot_run(" in code
 
 
 # --- paw_jax.distributed ----------------------------------------------------------------------------------------------
