@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import pathlib
 import types
 import typing
 from typing import Any, Callable, Mapping
@@ -23,8 +24,10 @@ import ml_collections
 from paw_jax.algos.advantages import ADVANTAGES, AdvantageConfig
 from paw_jax.algos.losses import POLICY_LOSSES, WM_LOSSES, LossConfig
 from paw_jax.algos.paw import ENTROPY_MODES, PawConfig
+from paw_jax.algos.rewards import SIMILARITY_REWARDS
 from paw_jax.envs import ENV_NAMES, env_class
 from paw_jax.models.config import SUPPORTED_MODEL_TYPES
+from paw_jax.models.embedders import EMBEDDERS
 from paw_jax.models.tokenizer import BPE_SPECIAL_TOKENS
 from paw_jax.programs import PROGRAMS
 from paw_jax.prompts import PARTS, PromptConfig
@@ -77,6 +80,7 @@ class TokenizerSpec:
   path: str = ""  # '' = the model's own; for a scratch model, a BPE trained on the env's text
   vocab_size: int = 512
   corpus_episodes: int = 200  # random-play episodes whose text trains the BPE
+  with_next_state: bool = False  # the corpus also holds next-state prompts and labels (RWML, next-state SFT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +137,7 @@ class TrainConfig:
   format_warmup_lr: float = 1e-3  # its own rate: the RL rate is often far too small to learn a format
   format_warmup_episodes: int = 64  # random-play episodes whose turns are the warm-up rows
   format_warmup_wm_coef: float = 0.0  # weight of the next-observation CE (world-model warm-up); 0 = format only
+  format_warmup_next_state: bool = False  # also next-state SFT rows of the same play: RWML's format, for a scratch model
   eval_every: int = 10
   eval_at_start: bool = True  # also evaluate before the first update (logged as update 0)
   eval_episodes: int = 128
@@ -142,10 +147,34 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RwmlConfig:
+  """World-model learning on the agent's own transitions (docs/RWML.md): the triplets, the too-easy filter, the
+  similarity reward; and the world-model eval panel that every program logs."""
+  collect_tasks: int = 128  # train tasks the policy plays for triplets
+  collect_group_size: int = 3  # rollouts per task (the paper's ALFWorld setting)
+  validation_share: float = 0.1  # tasks (with all their triplets) held out from RWML's training
+  sft_steps: int = 0  # next-state SFT on the validation triplets: the filter model (0: the policy itself)
+  filter_samples: int = 10  # K predictions per train triplet; 0 keeps every triplet
+  filter_tau: float = 0.1  # easy: one of the K predictions is rewarded 1 under this stricter threshold
+  keep_easy: float = 0.1  # share of easy triplets kept (seeded)
+  similarity: str = "cosine"  # algos.rewards.SIMILARITY_REWARDS: cosine (an embedder) | rouge_l (grid maps)
+  embedder: str = "minilm"  # models.embedders.EMBEDDERS
+  embedder_path: str = ""  # '' = the embedder's packaged default
+  tau: float = 0.2  # r = 1[d(prediction, real) < tau]: per env and embedder (tools/rwml_calibrate)
+  max_prediction_tokens: int = 256  # a parsed prediction is cut to this many tokens before it is compared
+  max_new_tokens: int = 512  # a prediction's reply: reasoning and the <next_state> block
+  instruction: str = ""  # replaces the next-state instruction ('' keeps the standard one): short words for a small model
+  triplets_per_update: int = 32  # RWML: G (algo.group_size) predictions of each; next-state SFT: rows per step
+  panel_size: int = 64  # held-out triplets (random play on the eval split) of the world-model eval; 0: none
+  panel_samples: int = 0  # predictions per panel triplet for eval/wm_reward; 0: teacher-forced metrics only
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
   workdir: str = "runs/default"
-  program: str = "rl"  # a name of paw_jax.programs.PROGRAMS
+  stages: tuple[str, ...] = ("rl",)  # training programs (paw_jax.programs.PROGRAMS) run in order, each from the last
+  stage_overrides: dict = dataclasses.field(default_factory=dict)  # stage name -> a partial config for that stage
   env: EnvConfig = EnvConfig()
   model: ModelSpec = ModelSpec()
   tokenizer: TokenizerSpec = TokenizerSpec()
@@ -158,6 +187,7 @@ class Config:
   critic: CriticConfig = CriticConfig()
   mesh: MeshConfig = MeshConfig()
   train: TrainConfig = TrainConfig()
+  rwml: RwmlConfig = RwmlConfig()
 
 
 # Fields that may differ when a run resumes: how long it goes on and how often it evaluates and checkpoints.
@@ -182,7 +212,7 @@ def _one_of(names) -> tuple[Callable[[Any], bool], str]:
 _POSITIVE = ((lambda v: v > 0), "> 0")
 _AXIS = ((lambda v: v == -1 or v >= 1), "-1 or >= 1")
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": _at_least(0), "program": _one_of(PROGRAMS), "env.name": _one_of(ENV_NAMES),
+    "seed": _at_least(0), "env.name": _one_of(ENV_NAMES),
     "env.num_envs": _at_least(1), "env.step_timeout_s": _POSITIVE, "env.reset_timeout_s": _POSITIVE,
     "model.scratch.model_type": _one_of(SUPPORTED_MODEL_TYPES), "model.param_dtype": _one_of(DTYPES),
     "model.compute_dtype": _one_of(DTYPES),
@@ -212,6 +242,12 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.format_warmup_lr": _POSITIVE, "train.format_warmup_episodes": _at_least(1),
     "train.format_warmup_wm_coef": _at_least(0), "train.eval_every": _at_least(1),
     "train.eval_episodes": _at_least(1), "train.checkpoint_every": _at_least(1), "train.keep_checkpoints": _at_least(1),
+    "rwml.collect_tasks": _at_least(1), "rwml.collect_group_size": _at_least(1),
+    "rwml.validation_share": _between(0, 1, open_low=True), "rwml.sft_steps": _at_least(0),
+    "rwml.filter_samples": _at_least(0), "rwml.filter_tau": _POSITIVE, "rwml.keep_easy": _between(0, 1),
+    "rwml.similarity": _one_of(SIMILARITY_REWARDS), "rwml.embedder": _one_of(EMBEDDERS), "rwml.tau": _POSITIVE,
+    "rwml.max_prediction_tokens": _at_least(1), "rwml.max_new_tokens": _at_least(1),
+    "rwml.triplets_per_update": _at_least(1), "rwml.panel_size": _at_least(0), "rwml.panel_samples": _at_least(0),
 }
 
 
@@ -306,6 +342,26 @@ def _check_ranges(config: Config) -> None:
 def _check_together(config: Config) -> None:
   """Fields that constrain each other."""
   b, s = config.batch, config.sampling
+  for name in config.stages:
+    if name not in PROGRAMS:
+      raise ConfigError(f"stages={','.join(config.stages)!r}: unknown stage '{name}' (known: {', '.join(PROGRAMS)})")
+  if not config.stages or len(set(config.stages)) != len(config.stages):
+    raise ConfigError(f"stages={','.join(config.stages)!r}: expected one or more distinct names of "
+                      f"{', '.join(PROGRAMS)}")
+  unknown_stage = sorted(set(config.stage_overrides) - set(config.stages))
+  if unknown_stage:
+    raise ConfigError(f"stage_overrides.{unknown_stage[0]}: not a stage of this run ({','.join(config.stages)})")
+  if set(config.stages) & {"rwml", "wm_sft"} and config.rwml.panel_size < 1:
+    raise ConfigError("rwml.panel_size=0: expected >= 1 (the world-model eval is the rwml and wm_sft stages' eval)")
+  if "rwml" in config.stages and b.max_len < s.max_prompt_len + config.rwml.max_new_tokens:
+    raise ConfigError(f"batch.max_len={b.max_len}: expected >= sampling.max_prompt_len + rwml.max_new_tokens = "
+                      f"{s.max_prompt_len + config.rwml.max_new_tokens} (a row holds a next-state prompt and reply)")
+  if config.stages == ("rwml",) and ADVANTAGES[config.algo.name].needs_critic:
+    raise ConfigError(f"algo.name={config.algo.name!r}: the rwml stage expects an algorithm without a critic "
+                      f"({', '.join(n for n, a in ADVANTAGES.items() if not a.needs_critic)})")
+  if config.stages == ("rwml",) and config.paw.enabled:
+    raise ConfigError("paw.enabled=True: expected False in the rwml stage (a prediction has no next observation to "
+                      "append)")
   if b.mini_batch % b.micro_batch:
     raise ConfigError(f"batch.micro_batch={b.micro_batch}: expected a divisor of batch.mini_batch={b.mini_batch}")
   if b.max_len < s.max_prompt_len + s.max_new_tokens:
@@ -318,6 +374,43 @@ def _check_together(config: Config) -> None:
   if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
     raise ConfigError(f"env.kwargs.{unknown[0]}: unknown for env '{config.env.name}' (it takes "
                       f"{', '.join(n for n in accepted if n != 'self')})")
+
+
+# --- stages --------------------------------------------------------------------------------------------------------
+EXPORT_DIR = "hf_export"  # a run's final policy as a HF directory: what the next stage starts from
+
+
+def stage_configs(config: Config) -> list[Config]:
+  """The run of each stage: the config with that stage's overrides. With several stages, stage S works in
+  workdir/S, and every stage after the first starts from the previous one's exported policy and tokenizer (no
+  warm-up: the first stage did it)."""
+  if len(config.stages) == 1 and not config.stage_overrides:
+    return [config]
+  configs, previous = [], None
+  for index, name in enumerate(config.stages):
+    tree = to_dict(config)
+    _merge(tree, config.stage_overrides.get(name, {}), f"stage_overrides.{name}")
+    tree.update(stages=name, stage_overrides={})
+    if len(config.stages) > 1:
+      tree["workdir"] = str(pathlib.PurePath(config.workdir) / name)
+    if previous is not None:
+      tree["model"]["path"] = tree["tokenizer"]["path"] = str(pathlib.PurePath(previous.workdir) / EXPORT_DIR)
+      tree["train"]["format_warmup_steps"] = 0
+    if index + 1 < len(config.stages):
+      tree["train"]["export_hf"] = True  # the next stage's start
+    configs.append(previous := from_configdict(tree))
+  return configs
+
+
+def _merge(tree: dict[str, Any], overrides: Mapping[str, Any], path: str) -> None:
+  """`overrides` (a partial config) written into `tree`; a field `tree` lacks is a ConfigError naming its path."""
+  for key, value in overrides.items():
+    if key not in tree:
+      raise ConfigError(f"{path}.{key}: unknown field")
+    if isinstance(value, Mapping) and isinstance(tree[key], dict) and key != "kwargs":
+      _merge(tree[key], value, f"{path}.{key}")
+    else:
+      tree[key] = value
 
 
 # --- resume safety -------------------------------------------------------------------------------------------------

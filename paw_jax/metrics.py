@@ -35,7 +35,8 @@ class Panel:
 class Metric:
   pattern: str  # the key, or an fnmatch pattern for a family (one key per task type, per phase)
   panel: Panel  # where the plot draws it
-  when: str = ""  # '' always emitted; else the setting that makes the loop emit it: paw, ppo, kl, entropy
+  when: str = ""  # '' always emitted; else what makes the loop emit it: paw, ppo, kl, entropy, rwml (the rwml
+  # program), wm_samples (rwml.panel_samples > 0)
   bar: str = ""  # the progress bar's label for it ('' not shown)
 
 
@@ -43,6 +44,10 @@ _SUCCESS = Panel("Success rate", "success rate", unit_interval=True)
 _RETURN = Panel("Episode return", "return")
 _KL = Panel("KL to reference", "KL")
 _ENTROPY = Panel("Action entropy", "nats / token")
+_WM_CE = Panel("World model: held-out next-observation CE", "nats / token")
+_WM_ACC = Panel("World model: held-out next-observation accuracy", "token accuracy", unit_interval=True)
+_WM_REWARD = Panel("World model: similarity reward", "reward", unit_interval=True)
+_WM_PARSED = Panel("Predictions with a <next_state> block", "share", unit_interval=True)
 METRICS: tuple[Metric, ...] = (
     Metric("rollout/success", _SUCCESS, bar="succ"),
     Metric("eval/success", _SUCCESS, bar="eval"),
@@ -62,6 +67,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("train/entropy", _ENTROPY, when="entropy"),
     Metric("*/invalid_rate", Panel("Invalid-action rate", "rate", unit_interval=True)),
     Metric("rollout/response_tokens", Panel("Response length", "tokens")),
+    Metric("eval/wm_ce", _WM_CE),
+    Metric("eval/wm_ns_ce", _WM_CE),
+    Metric("eval/wm_acc", _WM_ACC),
+    Metric("eval/wm_ns_acc", _WM_ACC),
+    Metric("rwml/reward", _WM_REWARD, when="rwml", bar="reward"),
+    Metric("eval/wm_reward", _WM_REWARD, when="wm_samples", bar="wm"),
+    Metric("rwml/parse_rate", _WM_PARSED, when="rwml"),
+    Metric("eval/wm_parse_rate", _WM_PARSED, when="wm_samples"),
+    Metric("rwml/easy_share", Panel("Too-easy triplets (before filtering)", "share", unit_interval=True), when="rwml"),
+    Metric("rwml/response_tokens", Panel("Prediction length", "tokens"), when="rwml"),
     Metric("time/*", Panel("Time per phase", "seconds")),
 )
 PANELS: tuple[Panel, ...] = tuple(dict.fromkeys(m.panel for m in METRICS))

@@ -3,8 +3,12 @@ observation, admissible actions, and the format instruction (reason in <think>, 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Callable
 
 from paw_jax.envs.base import TextEnv, tagged
+
+if TYPE_CHECKING:
+  from paw_jax.models.tokenizer import Tokenizer
 
 
 PARTS = ("task", "history", "observation", "admissible", "instruction")  # the paper's order
@@ -68,12 +72,13 @@ NEXT_STATE_INSTRUCTION = (
 
 
 def render_next_state(cfg: PromptConfig, task: str, step: int, history: list[tuple[str, str]], observation: str,
-                      action: str) -> str:
+                      action: str, instruction: str = "") -> str:
   """RWML's world-model prompt (docs/RWML.md): the turn's context, the action to judge, and the instruction to predict
-  its next observation in <next_state> tags. Parts follow `cfg.order`, the potential action in the admissible slot."""
+  its next observation in <next_state> tags (`instruction` replaces the standard one). Parts follow `cfg.order`, the
+  potential action in the admissible slot."""
   parts = _context(cfg, task, step, history, observation)
   parts["admissible"] = f"Potential action: {action}"
-  parts["instruction"] = NEXT_STATE_INSTRUCTION
+  parts["instruction"] = instruction or NEXT_STATE_INSTRUCTION
   return "\n\n".join(parts[name] for name in cfg.order if parts[name])
 
 
@@ -85,3 +90,17 @@ def next_state_label(next_observation: str) -> str:
 def chat_messages(cfg: PromptConfig, user_text: str) -> list[dict[str, str]]:
   messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
   return messages + [{"role": "user", "content": user_text}]
+
+
+def fitted_prompt_ids(tokenizer: Tokenizer, cfg: PromptConfig, render: Callable[[list[tuple[str, str]]], str],
+                      history: list[tuple[str, str]], max_prompt_len: int) -> list[int] | None:
+  """The chat tokens of `render(history)`, dropping the oldest history pairs until they fit `max_prompt_len`; None
+  when even no history fits."""
+  history = list(history)
+  while True:
+    ids = tokenizer.encode_chat(chat_messages(cfg, render(history)), add_generation_prompt=True)
+    if len(ids) <= max_prompt_len:
+      return ids
+    if not history:
+      return None
+    history = history[1:]

@@ -17,7 +17,7 @@ import numpy as np
 from paw_jax.envs.base import Task, TextEnv, parse_action
 from paw_jax.envs.pool import EnvPool
 from paw_jax.models.tokenizer import Tokenizer
-from paw_jax.prompts import PromptConfig, chat_messages, render_turn
+from paw_jax.prompts import PromptConfig, fitted_prompt_ids, render_turn
 from paw_jax.sampling import Sampler, SamplingConfig
 
 
@@ -37,6 +37,7 @@ class Turn:
   invalid: bool
   params_version: int
   action: str = ""  # the parsed action (the reply's tail when none parses): what the history shows later turns
+  admissible: list[str] | None = None  # the actions the prompt listed
 
 
 @dataclasses.dataclass
@@ -74,16 +75,10 @@ class RolloutStats:
 def build_prompt(tokenizer: Tokenizer, env_cls: type[TextEnv], cfg: PromptConfig, live: _Live,
                  max_prompt_len: int) -> list[int] | None:
   """Prompt tokens for the live episode's next turn; drops the oldest history pairs when too long (None: no fit)."""
-  history = list(live.history)
-  while True:
-    text = render_turn(env_cls, cfg, live.episode.task_text, live.episode.length, history, live.observation,
-                       live.admissible)
-    ids = tokenizer.encode_chat(chat_messages(cfg, text), add_generation_prompt=True)
-    if len(ids) <= max_prompt_len:
-      return ids
-    if not history:
-      return None
-    history = history[1:]
+  return fitted_prompt_ids(
+      tokenizer, cfg, lambda history: render_turn(env_cls, cfg, live.episode.task_text, live.episode.length, history,
+                                                  live.observation, live.admissible),
+      live.history, max_prompt_len)
 
 
 def run_episodes(pool: EnvPool, env_cls: type[TextEnv], sampler: Sampler, params: Any, tokenizer: Tokenizer,
@@ -144,7 +139,7 @@ def _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampl
       turns.append(Turn(episode.episode.group_id, episode.episode.traj_id, episode.episode.length, prompt,
                         sample["tokens"], sample["logprobs"], sample["entropy"], episode.observation,
                         result.observation, result.reward, result.done, bool(result.info.get("invalid")),
-                        params_version, action))
+                        params_version, action, episode.admissible))
       stats.turns += 1
       stats.response_tokens += len(sample["tokens"])
       _advance(episode, action, result)

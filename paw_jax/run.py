@@ -88,7 +88,7 @@ def load_tokenizer(config: Config, workdir: pathlib.Path) -> Tokenizer:
   else:
     env = make(config.env.name, **config.env.kwargs)
     tokenizer = train_env_tokenizer(env, config.prompt, config.tokenizer.vocab_size, config.tokenizer.corpus_episodes,
-                                    config.seed)
+                                    config.seed, config.rwml.instruction if config.tokenizer.with_next_state else None)
     env.close()
   tokenizer.save(saved)  # a resumed run must see the very same vocabulary
   return tokenizer

@@ -15,7 +15,7 @@ import numpy as np
 
 from paw_jax.envs.base import Task, TextEnv, tagged
 from paw_jax.models.tokenizer import Tokenizer
-from paw_jax.prompts import PromptConfig, chat_messages, render_turn
+from paw_jax.prompts import PromptConfig, chat_messages, next_state_label, render_next_state, render_turn
 from paw_jax.rollout import Turn
 
 TASKS_PER_SEED = 100_003  # random play of seed s uses tasks s * this + episode: disjoint task ranges per seed
@@ -44,14 +44,20 @@ def reply_text(env_cls: type[TextEnv], action: str) -> str:
   return tagged(env_cls.action_tags[0], action)
 
 
-def train_env_tokenizer(env: TextEnv, prompt_cfg: PromptConfig, vocab_size: int, episodes: int,
-                        seed: int) -> Tokenizer:
-  """A byte-level BPE trained on rendered prompts, replies and observations of random play."""
+def train_env_tokenizer(env: TextEnv, prompt_cfg: PromptConfig, vocab_size: int, episodes: int, seed: int,
+                        next_state_instruction: str | None = None) -> Tokenizer:
+  """A byte-level BPE trained on rendered prompts, replies and observations of random play; with a
+  `next_state_instruction` ('' for the standard one) also on next-state prompts and labels (RWML's)."""
   texts = ["system", "user", "assistant"] * 64  # the chat template's role names: one token each
-  for task_text, step, history, observation, admissible, action, _ in random_play(env, "train", episodes, seed):
+  for task_text, step, history, observation, admissible, action, next_observation in random_play(
+      env, "train", episodes, seed):
     texts.append(render_turn(type(env), prompt_cfg, task_text, step, history, observation, admissible))
     texts.append(reply_text(type(env), action))
     texts.append(observation)
+    if next_state_instruction is not None:
+      texts.append(render_next_state(prompt_cfg, task_text, step, history, observation, action,
+                                     next_state_instruction))
+      texts.append(next_state_label(next_observation))
   return Tokenizer.train_bpe(texts, vocab_size=vocab_size)
 
 
@@ -65,5 +71,5 @@ def warmup_turns(env: TextEnv, tokenizer: Tokenizer, prompt_cfg: PromptConfig, e
     response = np.asarray(tokenizer.encode(reply_text(type(env), action)) + [tokenizer.eos_token_id], np.int32)
     zeros = np.zeros(len(response), np.float32)
     turns.append(Turn(0, i, 0, prompt_ids, response, zeros, zeros, observation, next_observation, 0.0, True, False, 0,
-                      action))
+                      action, admissible))
   return turns

@@ -14,17 +14,29 @@ import jax
 from flax import nnx
 
 from paw_jax.checkpoint import Checkpointer
-from paw_jax.config import Config
+from paw_jax.config import EXPORT_DIR, Config, stage_configs
 from paw_jax.metrics import METRICS_FILE, MetricsWriter, progress, read_metrics
 from paw_jax.models import hf_io
 from paw_jax.programs import program_class
 from paw_jax.run import Run
 
-EXPORT_DIR = "hf_export"
-
-
 def train(config: Config) -> dict[str, float]:
-  """Runs (or resumes) training; returns the last evaluation's metrics."""
+  """Runs (or resumes) each stage of `config.stages` in turn; returns the last stage's last evaluation metrics.
+
+  A stage before the last is done when its exported policy is in its workdir: a run launched again skips it."""
+  stages = stage_configs(config)
+  for stage in stages[:-1]:
+    done = pathlib.Path(stage.workdir) / EXPORT_DIR
+    print(f"stage {stage.stages[0]}: {'done, skipped' if done.is_dir() else 'running'} ({stage.workdir})", flush=True)
+    if not done.is_dir():
+      train_stage(stage)
+  if len(stages) > 1:
+    print(f"stage {stages[-1].stages[0]}: running ({stages[-1].workdir})", flush=True)
+  return train_stage(stages[-1])
+
+
+def train_stage(config: Config) -> dict[str, float]:
+  """Runs (or resumes) one program; returns the last evaluation's metrics."""
   t = config.train
   checkpointer = Checkpointer(config.workdir, keep=t.keep_checkpoints, save_every=t.checkpoint_every)
   restored = checkpointer.latest_step()
@@ -32,7 +44,7 @@ def train(config: Config) -> dict[str, float]:
   writer = MetricsWriter(run.workdir, keep_through=restored if restored is not None else -1)
   last_eval = latest_eval(run.workdir)
   with run.env_pool() as pool:
-    program = program_class(config.program)(run, pool)
+    program = program_class(config.stages[0])(run, pool)
     if restored is None:
       program.start()
       checkpointer.save(0, program.learner.states(), {"next_update": 0}, force=True)  # the warm-up's end
@@ -78,5 +90,6 @@ def export(run: Run, params, out_dir: pathlib.Path) -> None:
 
 def latest_eval(workdir: pathlib.Path) -> dict[str, float]:
   """The eval metrics last logged in `workdir` ({} if none): what a run resumed at its final update returns."""
-  evals = [r for r in read_metrics(workdir) if "eval/success" in r] if (workdir / METRICS_FILE).is_file() else []
+  records = read_metrics(workdir) if (workdir / METRICS_FILE).is_file() else []
+  evals = [r for r in records if any(k.startswith("eval/") for k in r)]
   return {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}

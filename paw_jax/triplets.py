@@ -15,9 +15,12 @@ from typing import Sequence
 
 import numpy as np
 
+from paw_jax.envs.base import TextEnv
 from paw_jax.rollout import Episode, Turn
+from paw_jax.scratch import TASKS_PER_SEED, random_play
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAX_RANDOM_EPISODES = 100_000  # random play gives up after this many episodes (an env whose episodes hold nothing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Triplet:
   observation: str
   action: str
   next_observation: str
+  admissible: tuple[str, ...] | None = None  # the actions the turn's prompt listed
 
 
 def collect(turns: Sequence[Turn], episodes: Sequence[Episode], env: str, history: int) -> list[Triplet]:
@@ -50,8 +54,26 @@ def collect(turns: Sequence[Turn], episodes: Sequence[Episode], env: str, histor
       past = [(t.observation, t.action) for t in trajectory[:i]]
       kept = past if history < 0 else past[len(past) - history:] if history else []
       triplets.append(Triplet(env, episode.task.split, episode.task.seed, turn.traj_id, turn.step, episode.task_text,
-                              tuple(kept), turn.observation, turn.action, turn.next_observation))
+                              tuple(kept), turn.observation, turn.action, turn.next_observation,
+                              None if turn.admissible is None else tuple(turn.admissible)))
   return triplets
+
+
+def random_play_triplets(env: TextEnv, env_name: str, split: str, size: int, history: int, seed: int) -> list[Triplet]:
+  """The first `size` transitions of seeded random play on `split` (as many episodes as that takes)."""
+  found: list[Triplet] = []
+  episode = -1
+  for task_text, step, past, observation, admissible, action, next_observation in random_play(
+      env, split, episodes=MAX_RANDOM_EPISODES, seed=seed):
+    episode += step == 0
+    if next_observation.strip():
+      kept = past if history < 0 else past[len(past) - history:] if history else []
+      found.append(Triplet(env_name, split, seed * TASKS_PER_SEED + episode, 0, step, task_text, tuple(kept),
+                           observation, action, next_observation, None if admissible is None else tuple(admissible)))
+      if len(found) == size:
+        return found
+  raise ValueError(f"random play on {env_name}/{split}: {len(found)} transitions in {MAX_RANDOM_EPISODES} episodes, "
+                   f"fewer than the {size} asked for")
 
 
 def split_by_task(triplets: Sequence[Triplet], validation_share: float,
@@ -74,6 +96,17 @@ def keep_hard(triplets: Sequence[Triplet], easy_N: np.ndarray, keep_easy: float,
     raise ValueError(f"keep_hard: {len(easy_N)} easy flags for {len(triplets)} triplets")
   keep_N = ~easy_N | (np.random.default_rng(seed).random(len(triplets)) < keep_easy)
   return [t for t, keep in zip(triplets, keep_N) if keep], float(easy_N.mean()) if len(easy_N) else 0.0
+
+
+def epoch_batch(num_items: int, per_batch: int, index: int, seed: int) -> np.ndarray:
+  """The item indices of batch `index` when batches of `per_batch` run through seeded permutations of `num_items`
+  items, one permutation per epoch: every item once per epoch, and batch `index` the same however the run resumed."""
+  if num_items < 1:
+    raise ValueError("epoch_batch: no items to draw batches from")
+  positions = np.arange(index * per_batch, (index + 1) * per_batch)
+  epochs = positions // num_items
+  orders = {e: np.random.default_rng([seed, e]).permutation(num_items) for e in np.unique(epochs)}
+  return np.array([orders[e][p % num_items] for e, p in zip(epochs, positions)], np.int64)
 
 
 def save(path: str | pathlib.Path, triplets: Sequence[Triplet], env: str) -> None:
@@ -101,5 +134,6 @@ def load(path: str | pathlib.Path, env: str) -> list[Triplet]:
   for line in lines[1:]:
     record = json.loads(line)
     record["history"] = tuple(tuple(pair) for pair in record["history"])
+    record["admissible"] = None if record["admissible"] is None else tuple(record["admissible"])
     triplets.append(Triplet(**record))
   return triplets

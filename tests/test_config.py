@@ -42,11 +42,45 @@ def with_field(path: str, value) -> dict:
     ("batch.max_len", 1024, r"^batch\.max_len=1024: expected >= sampling\.max_prompt_len \+ "),
     ("prompt.order", "task,history", r"^prompt: prompt\.order must name each of"),
     ("env.kwargs", {"sise": 3}, r"^env\.kwargs\.sise: unknown for env 'frozenlake' \(it takes size, "),
+    ("stages", "rl,dpo", r"^stages='rl,dpo': unknown stage 'dpo' \(known: rl, rwml, wm_sft\)$"),
+    ("stages", "rl,rl", r"^stages='rl,rl': expected one or more distinct names of rl, rwml, wm_sft$"),
+    ("stage_overrides", {"rwml": {}}, r"^stage_overrides\.rwml: not a stage of this run \(rl\)$"),
+    ("rwml.similarity", "bleu", r"^rwml\.similarity='bleu': expected one of cosine, rouge_l$"),
+    ("rwml.embedder", "bert", r"^rwml\.embedder='bert': expected one of minilm, qwen3_embedding$"),
 ])
 def test_each_kind_of_bad_field_is_one_line_naming_it(path, value, message):
   with pytest.raises(ConfigError, match=message) as error:
     from_configdict(with_field(path, value))
   assert "\n" not in str(error.value)
+
+
+def test_stage_configs_chain_the_stages_through_their_exports():
+  c = base_config()
+  c.workdir, c.stages = "runs/x", "rwml,rl"
+  c.train.format_warmup_steps, c.train.export_hf = 5, False
+  c.stage_overrides = {"rwml": {"algo": {"group_size": 16}, "paw": {"enabled": False}, "train": {"updates": 3}}}
+  rwml, rl = config_lib.stage_configs(from_configdict(c))
+  assert (rwml.stages, rwml.workdir, rwml.algo.group_size, rwml.train.updates) == (("rwml",), "runs/x/rwml", 16, 3)
+  assert rwml.train.format_warmup_steps == 5 and rwml.train.export_hf and rwml.model.path == ""
+  assert (rl.stages, rl.workdir, rl.algo.group_size, rl.train.updates) == (("rl",), "runs/x/rl", 8, 150)
+  assert rl.model.path == rl.tokenizer.path == "runs/x/rwml/hf_export" and rl.train.format_warmup_steps == 0
+  assert not rl.train.export_hf and rwml.stage_overrides == rl.stage_overrides == {}
+  one = from_configdict(base_config())
+  assert config_lib.stage_configs(one) == [one]  # a single stage keeps its workdir
+
+
+@pytest.mark.parametrize("overrides, stages, message", [
+    ({"rwml": {"algo": {"nam": "grpo"}}}, "rwml,rl", r"^stage_overrides\.rwml\.algo\.nam: unknown field$"),
+    ({"rwml": {"algo": {"name": "ppo"}}}, "rwml,rl", r"^algo\.name='ppo': the rwml stage expects an algorithm "
+                                                      r"without a critic \(grpo, gigpo, rloo\)$"),
+    ({"rwml": {}}, "rwml,rl", r"^paw\.enabled=True: expected False in the rwml stage"),
+    ({"rwml": {"rwml": {"panel_size": 0}}}, "rwml,rl", r"^rwml\.panel_size=0: expected >= 1 "),
+])
+def test_a_bad_stage_override_is_one_line(overrides, stages, message):
+  c = base_config()
+  c.stages, c.stage_overrides = stages, overrides
+  with pytest.raises(ConfigError, match=message):
+    config_lib.stage_configs(from_configdict(c))
 
 
 def test_a_missing_field_is_named():

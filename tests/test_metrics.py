@@ -84,4 +84,4 @@ def test_progress_bar_shows_live_metrics(capsys):
   bar.close()
   last = capsys.readouterr().err.split("\r")[-1]
   assert "5/10" in last and "succ=0.5" in last and "eval=0.25" in last and "loss" not in last
-  assert {m.bar for m in METRICS if m.bar} == {"succ", "eval"}
+  assert {m.bar for m in METRICS if m.bar} == {"succ", "eval", "reward", "wm"}

@@ -75,9 +75,20 @@ def test_store_round_trips_and_names_a_wrong_env_or_schema(tmp_path):
   path = tmp_path / "triplets" / "train.jsonl"
   T.save(path, triplets, "frozenlake")
   assert T.load(path, "frozenlake") == triplets and not list(path.parent.glob("*.tmp"))
-  with pytest.raises(ValueError, match=r"triplets of env 'frozenlake', schema 1; this run needs env 'sokoban'"):
+  with pytest.raises(ValueError, match=rf"triplets of env 'frozenlake', schema {T.SCHEMA_VERSION}; this run needs env 'sokoban'"):
     T.load(path, "sokoban")
   lines = path.read_text().splitlines()
   path.write_text("\n".join([json.dumps({"schema": 0, "env": "frozenlake"}), *lines[1:]]))
-  with pytest.raises(ValueError, match="schema 0; this run needs env 'frozenlake', schema 1"):
+  with pytest.raises(ValueError, match=f"schema 0; this run needs env 'frozenlake', schema {T.SCHEMA_VERSION}"):
     T.load(path, "frozenlake")
+
+
+def test_epoch_batches_visit_every_item_once_per_epoch_whatever_the_resume_point():
+  batches = [T.epoch_batch(10, 4, index, seed=1) for index in range(5)]  # 20 draws: two epochs of 10
+  drawn = np.concatenate(batches)
+  assert sorted(drawn[:10]) == list(range(10)) and sorted(drawn[10:]) == list(range(10))
+  assert not np.array_equal(drawn[:10], drawn[10:])  # each epoch has its own order
+  np.testing.assert_array_equal(T.epoch_batch(10, 4, 3, seed=1), batches[3])  # a resumed run draws the same
+  assert not np.array_equal(T.epoch_batch(10, 4, 0, seed=2), batches[0])
+  with pytest.raises(ValueError, match="no items"):
+    T.epoch_batch(0, 4, 0, seed=1)

@@ -23,6 +23,7 @@ from paw_jax.learner import Learner, rl_loss
 from paw_jax.programs.sft import format_warmup
 from paw_jax.rollout import Episode, episode_metrics, run_episodes
 from paw_jax.run import Run
+from paw_jax.wm_eval import WorldModelEval
 
 EVAL_SEED_OFFSET = 7919  # evaluation samples with key(seed + this): a stream apart from the rollouts' fold_in(seed, u)
 
@@ -31,6 +32,7 @@ class RLProgram:
   def __init__(self, run: Run, pool: EnvPool):
     self.run, self.pool = run, pool
     self.learner: Learner | None = None
+    self.wm_eval = WorldModelEval.for_run(run) if run.config.rwml.panel_size else None
     self._reported_errors: set[str] = set()
 
   def start(self) -> None:
@@ -79,14 +81,18 @@ class RLProgram:
     return {**rollout_metrics, **train_metrics, **paw_metrics, **timings}
 
   def evaluate(self) -> dict[str, float]:
-    """One episode per task of a fixed eval set, at the eval temperature."""
+    """One episode per task of a fixed eval set, at the eval temperature; and the world-model eval
+    (paw_jax/wm_eval.py)."""
     c, run = self.run.config, self.run
     tasks = [Task(c.env.eval_split, i) for i in range(c.train.eval_episodes)]
     _, episodes, _ = run_episodes(self.pool, run.env_cls, run.sampler, self.learner.params, run.tokenizer, tasks, 1,
                                   c.prompt, c.sampling.for_eval(), jax.random.key(c.seed + EVAL_SEED_OFFSET),
                                   int(self.learner.state.step))
     self._report_errors(episodes, "eval")
-    return episode_metrics(episodes, "eval")
+    metrics = episode_metrics(episodes, "eval")
+    if self.wm_eval is not None:
+      metrics.update(self.wm_eval(self.learner.params, jax.random.key(c.seed + EVAL_SEED_OFFSET)))
+    return metrics
 
   def _report_errors(self, episodes: list[Episode], phase: str) -> None:
     """Prints each new kind of episode error once: such an episode counts as failed and the run goes on, but a
