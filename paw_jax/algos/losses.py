@@ -85,9 +85,13 @@ def chunked_logprobs(logits_fn: Callable[[jax.Array], jax.Array], hidden_BxTxD: 
 
   Each row's selected positions are moved to its front, in order, and their logits made `chunk` positions at a time
   (a scan); a chunk with no selected position in any row is skipped, so prompts cost no logits. The backward
-  recomputes a chunk's logits (jax.checkpoint) instead of keeping every chunk's.
+  recomputes a chunk's logits (jax.checkpoint) instead of keeping every chunk's. Rows of at most `chunk` positions
+  are one chunk as they are: nothing to skip, and the numbers of the unchunked computation to the bit.
   """
   batch, length = tokens_BxT.shape
+  if length <= chunk:
+    logp_BxT, entropy_BxT = logprobs_from_logits(logits_fn(hidden_BxTxD), tokens_BxT, with_entropy=with_entropy)
+    return jnp.where(where_BxT, logp_BxT, 0.0), jnp.where(where_BxT, entropy_BxT, 0.0) if with_entropy else None
   num_chunks = -(-length // chunk)
   order_BxT = jnp.argsort(~where_BxT, axis=1, stable=True)  # selected positions first
 
