@@ -88,11 +88,12 @@ def test_train_step_on_a_sharded_mesh_equals_one_device(tmp_path):
   rows = sharding.shard_rows(micro_batches(batch, 4), mesh, row_axis=1)
   assert rows["tokens_BxT"].sharding.spec == P(None, ("data", "fsdp"), None)
   state, metrics = jit_update(nnx.graphdef(model), optimizer, loss_fn, mesh)(
-      init_state(nnx.state(sharded), optimizer, with_ref=False), rows)
+      init_state(nnx.state(sharded), optimizer, with_ref=True, ref_dtype="bfloat16"), rows)
   for key, value in expected_metrics.items():
     np.testing.assert_allclose(metrics[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
-  q = state.params["layers"]["q"][...]
+  q, ref_q = state.params["layers"]["q"][...], state.ref_params["layers"]["q"][...]
   assert q.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor", None)), q.ndim)  # kept layout
+  assert ref_q.dtype == jnp.bfloat16 and ref_q.sharding.is_equivalent_to(q.sharding, q.ndim)  # the reference too
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected.params), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
