@@ -71,6 +71,8 @@ class ModelSpec:
   scratch: ScratchModel = ScratchModel()
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
+  # The KL reference's weights: only read, so with bfloat16 compute "bfloat16" gives the same numbers in half the bytes.
+  ref_dtype: str = "float32"
   remat: bool = False
   scan_layers: bool = True
 
@@ -215,7 +217,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _at_least(0), "env.name": _one_of(ENV_NAMES),
     "env.num_envs": _at_least(1), "env.step_timeout_s": _POSITIVE, "env.reset_timeout_s": _POSITIVE,
     "model.scratch.model_type": _one_of(SUPPORTED_MODEL_TYPES), "model.param_dtype": _one_of(DTYPES),
-    "model.compute_dtype": _one_of(DTYPES),
+    "model.compute_dtype": _one_of(DTYPES), "model.ref_dtype": _one_of(DTYPES),
     **{f"model.scratch.{f.name}": _at_least(1) for f in dataclasses.fields(ScratchModel) if f.type == "int"},
     "tokenizer.vocab_size": _at_least(256 + len(BPE_SPECIAL_TOKENS)),  # the bytes + ChatML's special tokens
     "tokenizer.corpus_episodes": _at_least(1),

@@ -31,10 +31,13 @@ class Critic(nnx.Module):
     self.value_head = nnx.Param(jnp.zeros((backbone.cfg.hidden_size,), dtype), logical_axes=("embed",))
     self.value_bias = nnx.Param(jnp.zeros((), dtype), logical_axes=())
 
-  def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array, action_mask_BxT: jax.Array) -> jax.Array:
-    """value_B of right-padded rows `[prompt | response | ...]`, read just before the first response token."""
+  def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array, action_mask_BxT: jax.Array,
+               mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+    """value_B of right-padded rows `[prompt | response | ...]`, read just before the first response token; with a
+    mesh, the hidden states stay split over its data x fsdp devices."""
     positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     hidden_BxTxD, _ = self.backbone.hidden_states(tokens_BxT, positions_BxT, mask_BxT)
+    hidden_BxTxD = sharding.constrain(hidden_BxTxD, ("batch", None, None), mesh)
     last_prompt_B = jnp.maximum(jnp.argmax(action_mask_BxT, axis=1) - 1, 0)
     hidden_BxD = jnp.take_along_axis(hidden_BxTxD, last_prompt_B[:, None, None], axis=1)[:, 0]
     return hidden_BxD.astype(jnp.float32) @ self.value_head[...].astype(jnp.float32) + self.value_bias[...]
@@ -46,24 +49,25 @@ def critic_from_policy(policy: Decoder) -> Critic:
   return Critic(nnx.merge(graphdef, jax.tree.map(jnp.copy, params)))
 
 
-def values(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+def values(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array],
+           mesh: jax.sharding.Mesh | None = None) -> jax.Array:
   critic = nnx.merge(graphdef, params)
-  return critic(batch["tokens_BxT"], batch["mask_BxT"], batch["action_mask_BxT"])
+  return critic(batch["tokens_BxT"], batch["mask_BxT"], batch["action_mask_BxT"], mesh)
 
 
 def critic_loss(value_clip: float) -> LossFn:
   """PPO's clipped value loss against the GAE returns, a mean over the mini-batch's rows."""
-  def loss_fn(graphdef, params, micro, counts):
-    value_B = values(graphdef, params, micro)
+  def loss_fn(graphdef, params, micro, counts, mesh):
+    value_B = values(graphdef, params, micro, mesh)
     loss, metrics = value_loss(value_B, micro["old_value_B"], micro["return_B"], micro["valid_B"], value_clip,
                                counts["rows"])
     return loss, {**metrics, "loss": loss}
   return loss_fn
 
 
-def jit_values(graphdef: nnx.GraphDef):
+def jit_values(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh | None = None):
   """(params, batch with tokens/mask/action_mask) -> value_B, jitted: the critic's values before an update."""
-  return jax.jit(lambda params, batch: values(graphdef, params, batch))
+  return jax.jit(lambda params, batch: values(graphdef, params, batch, mesh))
 
 
 class CriticPlugin:
@@ -77,8 +81,8 @@ class CriticPlugin:
     self.mesh = mesh
     optimizer = make_optimizer(dataclasses.replace(optim, learning_rate=cfg.learning_rate))
     self.state: TrainState = init_state(params, optimizer, with_ref=False)
-    self._update = jit_update(self.graphdef, optimizer, critic_loss(cfg.value_clip))
-    self._values = jit_values(self.graphdef)
+    self._update = jit_update(self.graphdef, optimizer, critic_loss(cfg.value_clip), mesh)
+    self._values = jit_values(self.graphdef, mesh)
 
   def device_pass(self, batch: TrainBatch, micro_batch: int) -> None:
     """The critic's value of every row, micro-batch by micro-batch (fetched once)."""

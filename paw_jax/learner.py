@@ -5,6 +5,10 @@ over the micro-batches, summing gradients of losses whose token means already ca
 so the accumulated gradient is exactly the full mini-batch gradient. A non-finite loss or gradient skips the update
 (params and optimizer state unchanged) and counts it in `state.skipped`.
 
+Memory at real sizes: a micro-batch's rows stay split over the mesh's data x fsdp devices through the whole step
+(inputs, hidden states and logits are pinned so), and log-probs are made only where a loss reads them, a chunk of
+positions at a time (`losses.chunked_logprobs`): the [B, T, V] logits never exist.
+
 A plug-in (PPO's critic, `paw_jax/critic.py`) is a second train state that fills its device pass before the
 advantages and takes a step on every mini-batch after the policy's.
 """
@@ -19,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from paw_jax import sharding
-from paw_jax.algos.losses import LossConfig, logprobs_from_logits, total_loss, wm_term
+from paw_jax.algos.losses import LossConfig, chunked_logprobs, total_loss, wm_term
 from paw_jax.batch import TrainBatch
 from paw_jax.config import OptimConfig
 from paw_jax.metrics import reduce_step_metrics
@@ -33,7 +38,7 @@ class TrainState:
   step: jax.Array  # optimizer updates applied
   params: Any  # nnx.State of the policy (the sampler reads the same object)
   opt_state: optax.OptState
-  ref_params: Any  # frozen initial policy for the KL loss (None when kl_coef == 0)
+  ref_params: Any  # frozen initial policy for the KL loss (None when kl_coef == 0), in its own dtype
   skipped: jax.Array  # updates skipped for non-finite loss or gradients
 
 
@@ -50,18 +55,27 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
                      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
 
 
-def init_state(params: Any, optimizer: optax.GradientTransformation, with_ref: bool) -> TrainState:
-  ref = jax.tree.map(jnp.copy, params) if with_ref else None
+def init_state(params: Any, optimizer: optax.GradientTransformation, with_ref: bool,
+               ref_dtype: str = "float32") -> TrainState:
+  """A fresh state; `with_ref` keeps a copy of `params` in `ref_dtype` as the KL reference (it is only read)."""
+  ref = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype), params) if with_ref else None
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), ref, jnp.zeros((), jnp.int32))
 
 
 def token_logprobs(graphdef: nnx.GraphDef, params: Any, tokens_BxT: jax.Array, mask_BxT: jax.Array,
-                   with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
-  """logp_BxT[b, t] = log p(tokens[b, t] | tokens[b, :t]) (0 at t = 0), and optionally the entropy there."""
+                   where_BxT: jax.Array | None = None, with_entropy: bool = False,
+                   mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array | None]:
+  """logp_BxT[b, t] = log p(tokens[b, t] | tokens[b, :t]) at the positions `where_BxT` (default: all) and 0 elsewhere
+  (always 0 at t = 0, which has no prediction), and optionally the entropy there. With a mesh, rows stay split over
+  its data x fsdp devices and each chunk's logits over its tensor devices."""
   model = nnx.merge(graphdef, params)
   positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)  # rows are right-padded
-  logits_BxTxV, _ = model(tokens_BxT[:, :-1], positions_BxT[:, :-1], mask_BxT[:, :-1])
-  logp_BxT, entropy_BxT = logprobs_from_logits(logits_BxTxV, tokens_BxT[:, 1:], with_entropy=with_entropy)
+  hidden_BxTxD, _ = model.hidden_states(tokens_BxT[:, :-1], positions_BxT[:, :-1], mask_BxT[:, :-1])
+  rows = lambda x, *axes: sharding.constrain(x, ("batch", *axes), mesh)  # noqa: E731
+  logits_fn = lambda hidden_BxCxD: rows(model.logits(rows(hidden_BxCxD, None, None)), None, "vocab")  # noqa: E731
+  where_BxT = jnp.ones(tokens_BxT.shape, bool) if where_BxT is None else where_BxT.astype(bool)
+  logp_BxT, entropy_BxT = chunked_logprobs(logits_fn, rows(hidden_BxTxD, None, None), tokens_BxT[:, 1:],
+                                           where_BxT[:, 1:], with_entropy)
   pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731 (position 0 has no prediction)
   return pad(logp_BxT), pad(entropy_BxT) if with_entropy else None
 
@@ -70,8 +84,9 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-# (graphdef, params, micro-batch, counts over the whole mini-batch) -> (loss, additive metrics incl. "loss").
-LossFn = Callable[[nnx.GraphDef, Any, Mapping[str, jax.Array], Mapping[str, jax.Array]],
+# (graphdef, params, micro-batch, counts over the whole mini-batch, mesh whose data x fsdp devices split the rows, or
+# None) -> (loss, additive metrics incl. "loss").
+LossFn = Callable[[nnx.GraphDef, Any, Mapping[str, jax.Array], Mapping[str, jax.Array], Mesh | None],
                   tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -80,12 +95,19 @@ def minibatch_counts(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   return {"action_tokens": batch["action_mask_BxT"].sum(), "rows": batch["valid_B"].sum()}
 
 
+def loss_positions(micro: Mapping[str, jax.Array], wm_loss: str | None) -> jax.Array:
+  """Where the losses read log-probs: the response tokens and, with a WM loss, the appended observation's."""
+  action_BxT = micro["action_mask_BxT"].astype(bool)
+  return action_BxT | micro["obs_mask_BxT"].astype(bool) if wm_loss is not None else action_BxT
+
+
 def rl_loss(loss_cfg: LossConfig, wm_loss: str | None) -> LossFn:
   """The policy (+ KL, entropy, and with `wm_loss` PaW's WM) loss of `losses.total_loss`."""
   with_entropy = loss_cfg.entropy_coef != 0
 
-  def loss_fn(graphdef, params, micro, counts):
-    logp_BxT, entropy_BxT = token_logprobs(graphdef, params, micro["tokens_BxT"], micro["mask_BxT"], with_entropy)
+  def loss_fn(graphdef, params, micro, counts, mesh):
+    logp_BxT, entropy_BxT = token_logprobs(graphdef, params, micro["tokens_BxT"], micro["mask_BxT"],
+                                           loss_positions(micro, wm_loss), with_entropy, mesh)
     return total_loss(logp_BxT, micro, loss_cfg, counts["action_tokens"], entropy_BxT, wm_loss)
   return loss_fn
 
@@ -93,8 +115,9 @@ def rl_loss(loss_cfg: LossConfig, wm_loss: str | None) -> LossFn:
 def sft_loss(wm_loss: str | None = None) -> LossFn:
   """The warm-up: next-token NLL on the action tokens (token mean over the mini-batch) plus, with `wm_loss`, the
   world-model term Σ_rows wm_weight_B · ℓ_WM(row) on the appended next observations."""
-  def loss_fn(graphdef, params, micro, counts):
-    logp_BxT, _ = token_logprobs(graphdef, params, micro["tokens_BxT"], micro["mask_BxT"])
+  def loss_fn(graphdef, params, micro, counts, mesh):
+    logp_BxT, _ = token_logprobs(graphdef, params, micro["tokens_BxT"], micro["mask_BxT"],
+                                 loss_positions(micro, wm_loss), mesh=mesh)
     nll = -jnp.sum(jnp.where(micro["action_mask_BxT"], logp_BxT, 0.0)) / jnp.maximum(counts["action_tokens"], 1)
     if wm_loss is None:
       return nll, {"loss": nll, "sft/nll": nll}
@@ -103,14 +126,15 @@ def sft_loss(wm_loss: str | None = None) -> LossFn:
   return loss_fn
 
 
-def update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn: LossFn, state: TrainState,
-           batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+def update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh | None,
+           state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a mini-batch [num_micro, micro_batch, ...]; metrics are sums over micro-batches."""
   counts = minibatch_counts(batch)
-  grad_fn = jax.value_and_grad(lambda params, micro: loss_fn(graphdef, params, micro, counts), has_aux=True)
+  grad_fn = jax.value_and_grad(lambda params, micro: loss_fn(graphdef, params, micro, counts, mesh), has_aux=True)
 
   def accumulate(carry, micro):
     grads, metrics = carry
+    micro = {k: sharding.constrain(v, sharding.row_axes(v.ndim), mesh) for k, v in micro.items()}
     (_, micro_metrics), micro_grads = grad_fn(state.params, micro)
     return (jax.tree.map(jnp.add, grads, micro_grads), jax.tree.map(jnp.add, metrics, micro_metrics)), None
 
@@ -131,14 +155,18 @@ def update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss
   return new_state, metrics
 
 
-def jit_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn: LossFn):
-  """`update` jitted for these static parts; donates the old state's buffers."""
-  return jax.jit(functools.partial(update, graphdef, optimizer, loss_fn), donate_argnums=0)
+def jit_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn: LossFn,
+               mesh: Mesh | None = None):
+  """`update` jitted for these static parts; donates the old state's buffers. With `mesh`, the rows stay split over
+  its data x fsdp devices inside the step."""
+  return jax.jit(functools.partial(update, graphdef, optimizer, loss_fn, mesh), donate_argnums=0)
 
 
-def jit_logprobs(graphdef: nnx.GraphDef):
-  """(params, tokens_BxT, mask_BxT) -> logp_BxT, jitted: old and reference log-probs before an update."""
-  return jax.jit(lambda params, tokens, mask: token_logprobs(graphdef, params, tokens, mask)[0])
+def jit_logprobs(graphdef: nnx.GraphDef, mesh: Mesh | None = None):
+  """(params, tokens_BxT, mask_BxT, where_BxT=None) -> logp_BxT (0 outside `where_BxT`), jitted: old and reference
+  log-probs before an update."""
+  return jax.jit(lambda params, tokens, mask, where=None: token_logprobs(graphdef, params, tokens, mask, where,
+                                                                         mesh=mesh)[0])
 
 
 class Plugin(Protocol):
@@ -161,13 +189,13 @@ class Learner:
     metrics = learner.update(batch, mini_batch=128, micro_batch=32, old_logp="trainer")
   """
 
-  def __init__(self, graphdef: nnx.GraphDef, params: Any, optim: OptimConfig, loss_fn: LossFn,
-               mesh: jax.sharding.Mesh, *, with_ref: bool, plugins: tuple[Plugin, ...] = ()):
+  def __init__(self, graphdef: nnx.GraphDef, params: Any, optim: OptimConfig, loss_fn: LossFn, mesh: Mesh, *,
+               with_ref: bool, ref_dtype: str = "float32", plugins: tuple[Plugin, ...] = ()):
     self.graphdef, self.mesh, self.plugins = graphdef, mesh, tuple(plugins)
     optimizer = make_optimizer(optim)
-    self.state = init_state(params, optimizer, with_ref=with_ref)
-    self._update = jit_update(graphdef, optimizer, loss_fn)
-    self._logprobs = jit_logprobs(graphdef)
+    self.state = init_state(params, optimizer, with_ref=with_ref, ref_dtype=ref_dtype)
+    self._update = jit_update(graphdef, optimizer, loss_fn, mesh)
+    self._logprobs = jit_logprobs(graphdef, mesh)
 
   @property
   def params(self) -> Any:
@@ -184,17 +212,19 @@ class Learner:
       plugin.state = states[plugin.name]
 
   def device_passes(self, batch: TrainBatch, micro_batch: int, trainer_logp: bool) -> None:
-    """The trainer's log-probs (`trainer_logp`) and the reference's (KL) of the batch's tokens, then the plug-ins'
-    passes; micro-batch by micro-batch, dispatched back to back and fetched once."""
+    """The trainer's log-probs (`trainer_logp`) and the reference's (KL) of the batch's response tokens (0 elsewhere:
+    only PPO's ratio and the KL read them), then the plug-ins' passes; micro-batch by micro-batch, dispatched back to
+    back and fetched once."""
     with_ref = self.state.ref_params is not None
     old, ref = [], []
+    keys = ("tokens_BxT", "mask_BxT", "action_mask_BxT")
     for start in range(0, batch.num_rows, micro_batch):
-      rows = sharding.shard_rows({"tokens_BxT": batch.tokens_BxT[start:start + micro_batch],
-                                  "mask_BxT": batch.mask_BxT[start:start + micro_batch]}, self.mesh)
+      rows = sharding.shard_rows({k: getattr(batch, k)[start:start + micro_batch] for k in keys}, self.mesh)
+      inputs = (rows["tokens_BxT"], rows["mask_BxT"], rows["action_mask_BxT"])
       if trainer_logp:
-        old.append(self._logprobs(self.state.params, rows["tokens_BxT"], rows["mask_BxT"]))
+        old.append(self._logprobs(self.state.params, *inputs))
       if with_ref:
-        ref.append(self._logprobs(self.state.ref_params, rows["tokens_BxT"], rows["mask_BxT"]))
+        ref.append(self._logprobs(self.state.ref_params, *inputs))
     old, ref = jax.device_get((old, ref))
     if trainer_logp:
       batch.trainer_logp_BxT = np.concatenate(old).astype(np.float32)

@@ -51,6 +51,9 @@ class Run:
       mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     except ValueError as error:
       raise ConfigError(f"mesh: {error}") from None
+    if config.batch.micro_batch % sharding.data_parallel_size(mesh):
+      raise ConfigError(f"batch.micro_batch={config.batch.micro_batch}: expected a multiple of the mesh's data x fsdp "
+                        f"= {sharding.data_parallel_size(mesh)} devices (each holds a share of every micro-batch)")
     tokenizer = load_tokenizer(config, workdir)
     env_cls = env_class(config.env.name)
     check_prompt_fits(config, tokenizer)

@@ -76,11 +76,32 @@ def param_shardings(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   return nnx.to_pure_dict(jax.tree.map(sharding_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
+def data_parallel_size(mesh: Mesh) -> int:
+  """Devices that split the rows: the 'batch' rule's data x fsdp."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def row_axes(ndim: int, row_axis: int = 0) -> tuple[str | None, ...]:
+  """Logical axes of an array whose axis `row_axis` holds rows (1 for [num_micro, micro_batch, ...]); the others are
+  replicated."""
+  return (None,) * row_axis + ("batch",) + (None,) * (ndim - row_axis - 1)
+
+
 def shard_rows(batch: dict[str, np.ndarray], mesh: Mesh, row_axis: int = 0, rules=DEFAULT_RULES) -> dict[str, Any]:
-  """Host arrays -> device arrays whose row axis (`row_axis`: 1 for [num_micro, micro_batch, ...]) is split by the
-  'batch' rule (data x fsdp) where it divides; the other axes are replicated. Single-process: every process holding
-  the whole batch is what `jax.device_put` assumes."""
+  """Host arrays -> device arrays whose row axis is split by the 'batch' rule (data x fsdp), which must divide it; the
+  other axes are replicated. Single-process: every process holding the whole batch is what `jax.device_put`
+  assumes."""
   def put(x: np.ndarray):
-    axes = (None,) * row_axis + ("batch",) + (None,) * (x.ndim - row_axis - 1)
-    return jax.device_put(x, NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh, rules)))
+    if x.shape[row_axis] % data_parallel_size(mesh):
+      raise ValueError(f"{x.shape[row_axis]} rows do not split over the mesh's data x fsdp = "
+                       f"{data_parallel_size(mesh)} devices")
+    return jax.device_put(x, NamedSharding(mesh, logical_to_spec(row_axes(x.ndim, row_axis), x.shape, mesh, rules)))
   return {k: put(v) for k, v in batch.items()}
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES) -> jax.Array:
+  """Inside jit: pins `x` to the layout the rule table gives these logical axes (e.g. rows over data x fsdp), so that
+  no intermediate of a step is silently gathered onto every device. Without a mesh, `x` unchanged."""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical_axes, x.shape, mesh, rules)))

@@ -1,5 +1,8 @@
 """The Learner: one PaW update and one PPO update give the numbers the trainer gave before the Learner existed; exact
-micro-batch accumulation, skipped non-finite steps, trainer log-probs equal to the sampler's, and the SFT loss."""
+micro-batch accumulation, skipped non-finite steps, trainer log-probs equal to the sampler's and to the full-logits
+definition, a bfloat16 reference, and the SFT loss."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,10 +10,11 @@ import optax
 import pytest
 from flax import nnx
 
-from paw_jax.algos.losses import LossConfig
+from paw_jax.algos.losses import LossConfig, logprobs_from_logits
 from paw_jax.batch import pack_rows, prepare
 from paw_jax.config import BatchConfig, OptimConfig
-from paw_jax.learner import Learner, init_state, jit_logprobs, jit_update, rl_loss, sft_loss
+from paw_jax.learner import Learner, init_state, jit_logprobs, jit_update, rl_loss, sft_loss, token_logprobs
+from paw_jax.models.transformer import Decoder
 from paw_jax.programs.rl import RLProgram
 from paw_jax.run import Run
 from paw_jax.sharding import make_mesh
@@ -97,10 +101,59 @@ def test_sft_loss_is_action_nll_plus_weighted_next_observation_ce(frozenlake_rol
   expected = -logp_BxT[action].sum() / action.sum() + (batch.wm_weight_B * ce_B).sum()
   counts = {"action_tokens": action.sum(), "rows": batch.valid_B.sum()}
   inputs = batch.step_inputs("sampler")
-  loss, metrics = sft_loss("ce")(graphdef, params, inputs, counts)
+  loss, metrics = sft_loss("ce")(graphdef, params, inputs, counts, None)
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["sft/nll"]), -logp_BxT[action].sum() / action.sum(), rtol=1e-5)
-  assert float(sft_loss()(graphdef, params, inputs, counts)[0]) == float(metrics["sft/nll"])  # format only
+  assert float(sft_loss()(graphdef, params, inputs, counts, None)[0]) == float(metrics["sft/nll"])  # format only
+
+
+def test_token_logprobs_equal_the_full_logits_definition_value_and_grad(frozenlake_rollout):
+  """Chunked log-probs and entropies at the loss positions only equal every position's logits + log-softmax (the
+  definition before chunking), and so do their gradients with respect to every weight."""
+  tokenizer, model, turns, _ = frozenlake_rollout
+  batch = pack_rows(turns, tokenizer, BATCH, with_observation=True)
+  graphdef, params = nnx.split(model)
+  tokens, mask = jnp.asarray(batch.tokens_BxT), jnp.asarray(batch.mask_BxT)
+  where = batch.action_mask_BxT | batch.obs_mask_BxT
+  weight_BxT, entropy_weight_BxT = np.random.default_rng(0).normal(size=(2, *where.shape)).astype(np.float32)
+
+  def full(params):
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    logits, _ = nnx.merge(graphdef, params)(tokens[:, :-1], positions[:, :-1], mask[:, :-1])
+    logp, entropy = logprobs_from_logits(logits, tokens[:, 1:], with_entropy=True)
+    pad = lambda x: jnp.where(where, jnp.pad(x, ((0, 0), (1, 0))), 0.0)  # noqa: E731
+    return pad(logp), pad(entropy)
+
+  def chunked(params):
+    return token_logprobs(graphdef, params, tokens, mask, jnp.asarray(where), with_entropy=True)
+
+  def value_and_grad(fn):
+    def scalar(params):
+      logp_BxT, entropy_BxT = fn(params)
+      return jnp.sum(weight_BxT * logp_BxT + entropy_weight_BxT * entropy_BxT)
+    return jax.jit(fn)(params), jax.jit(jax.grad(scalar))(params)
+
+  (values, grads), (ref_values, ref_grads) = value_and_grad(chunked), value_and_grad(full)
+  for value, ref in zip(values, ref_values, strict=True):
+    np.testing.assert_allclose(np.asarray(value), np.asarray(ref), rtol=1e-6, atol=1e-6)
+  for grad, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+    # Sums over ~1,500 positions in another order: fp32 rounding relative to the leaf's scale.
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(ref), rtol=0, atol=1e-6 * np.abs(ref).max())
+  assert np.abs(np.asarray(values[0])[where]).min() > 0 and not np.asarray(values[0])[~where].any()
+
+
+def test_bfloat16_reference_gives_the_same_log_probs_under_bfloat16_compute(frozenlake_rollout):
+  """The reference is only read and bf16 compute casts every weight to bf16: a bf16 copy changes no number."""
+  tokenizer, model, turns, _ = frozenlake_rollout
+  bf16_compute = Decoder(dataclasses.replace(model.cfg, compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
+  learner = Learner(nnx.graphdef(bf16_compute), jax.tree.map(jnp.copy, nnx.state(model)), OptimConfig(),
+                    rl_loss(LossConfig(), None), ONE_DEVICE, with_ref=True, ref_dtype="bfloat16")
+  assert {x.dtype for x in jax.tree.leaves(learner.state.ref_params)} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(learner.params)} == {jnp.dtype(jnp.float32)}
+  batch = pack_rows(turns, tokenizer, BATCH, with_observation=True)
+  learner.device_passes(batch, BATCH.micro_batch, trainer_logp=True)
+  assert np.abs(batch.trainer_logp_BxT[batch.action_mask_BxT]).min() > 0
+  np.testing.assert_array_equal(batch.ref_logp_BxT, batch.trainer_logp_BxT)
 
 
 def test_prepare_then_update_in_a_few_lines(frozenlake_rollout, tmp_path):

@@ -142,6 +142,47 @@ def test_entropy_from_logits_value_and_grad():
   np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-6)
 
 
+def _full_logprobs(hidden_BxTxD, head_DxV, tokens_BxT, where_BxT):
+  """The unchunked definition: every position's logits, one log-softmax, then masked."""
+  logp_BxT, entropy_BxT = losses.logprobs_from_logits(hidden_BxTxD @ head_DxV, tokens_BxT, with_entropy=True)
+  return jnp.where(where_BxT, logp_BxT, 0.0), jnp.where(where_BxT, entropy_BxT, 0.0)
+
+
+@pytest.mark.parametrize("chunk", [4, 7, 64])
+def test_chunked_logprobs_equal_full_logits_value_and_grad(chunk):
+  """Rows with their selected positions in different places (one row none, one all): several chunks, a last partial
+  one and skipped ones; values and gradients (hidden states and LM head) equal the full [B, T, V] computation."""
+  rng = np.random.default_rng(0)
+  b, t, d, v = 4, 29, 16, 50
+  hidden_BxTxD = rng.normal(size=(b, t, d)).astype(np.float32)
+  head_DxV = rng.normal(0, 0.5, (d, v)).astype(np.float32)
+  tokens_BxT = rng.integers(0, v, (b, t)).astype(np.int32)
+  where_BxT = np.zeros((b, t), bool)
+  where_BxT[0, 3:9] = where_BxT[0, 15:19] = True
+  where_BxT[2] = True
+  where_BxT[3] = rng.random(t) < 0.4
+  weight_BxT, entropy_weight_BxT = rng.normal(size=(2, b, t)).astype(np.float32)
+
+  def chunked(hidden, head):
+    return losses.chunked_logprobs(lambda h_BxCxD: h_BxCxD @ head, hidden, tokens_BxT, where_BxT, True, chunk)
+
+  def full(hidden, head):
+    return _full_logprobs(hidden, head, tokens_BxT, where_BxT)
+
+  def value_and_grad(fn):
+    def scalar(hidden, head):
+      logp_BxT, entropy_BxT = fn(hidden, head)
+      return jnp.sum(weight_BxT * logp_BxT + entropy_weight_BxT * entropy_BxT)
+    return jax.jit(fn)(hidden_BxTxD, head_DxV), jax.jit(jax.grad(scalar, argnums=(0, 1)))(hidden_BxTxD, head_DxV)
+
+  (values, grads), (ref_values, ref_grads) = value_and_grad(chunked), value_and_grad(full)
+  for value, ref in zip(values + grads, ref_values + ref_grads, strict=True):
+    np.testing.assert_allclose(value, ref, rtol=1e-6, atol=1e-6)
+  assert not np.asarray(values[0])[~where_BxT].any() and not np.asarray(grads[0])[1].any()  # row 1: nothing read
+  no_entropy = losses.chunked_logprobs(lambda h: h @ head_DxV, hidden_BxTxD, tokens_BxT, where_BxT, False, chunk)
+  assert no_entropy[1] is None and np.array_equal(no_entropy[0], values[0])
+
+
 def test_cmae_value_grad_boundary_and_denominator():
   # Row 0: four obs tokens, p = (ρ exactly, 0.05, 0.6, 0.9) → only the first two are in; denominator 4.
   # Row 1: no obs tokens → 0 and no NaN. Position 4 of row 0 is not an obs token (and holds -inf).

@@ -14,6 +14,7 @@ def tiny_run_config(workdir, algo: str = "grpo", **train) -> Config:
   c.prompt.update(history=0, think=False, list_admissible=False)
   c.sampling.update(max_new_tokens=8, max_prompt_len=256)
   c.batch.update(max_len=320, max_obs_tokens=40, micro_batch=4, mini_batch=8)
+  c.mesh.update(data=2, fsdp=2, tensor=2)  # the tests' 8 CPU devices: rows split 4 ways, as a micro-batch of 4 must be
   c.algo.update(name=algo, group_size=4, groups_per_update=2, old_logp="trainer")
   c.algo.loss.kl_coef = 0.01
   c.optim.learning_rate = 1e-3

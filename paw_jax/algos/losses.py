@@ -11,6 +11,7 @@ here is additive over micro-batches in that way: means carry the global denomina
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Mapping
 
 import chex
@@ -68,6 +69,56 @@ def logprobs_from_logits(logits_xV: jax.Array, tokens_x: jax.Array, temperature:
   logp_xV = jax.nn.log_softmax(logits_xV if temperature == 1.0 else logits_xV / temperature, axis=-1)
   logp_x = jnp.take_along_axis(logp_xV, tokens_x[..., None], axis=-1)[..., 0]
   return logp_x, -jnp.sum(jnp.exp(logp_xV) * logp_xV, axis=-1) if with_entropy else None
+
+
+# Positions per chunk of logits: [rows, 256, V] fp32 is the largest temporary of the log-probs (Qwen2.5's V = 152,064:
+# 156 MB per row on a device), small next to a 7B layer's activations yet big enough to keep the LM-head matmul busy.
+LOGITS_CHUNK = 256
+
+
+def chunked_logprobs(logits_fn: Callable[[jax.Array], jax.Array], hidden_BxTxD: jax.Array, tokens_BxT: jax.Array,
+                     where_BxT: jax.Array, with_entropy: bool = False,
+                     chunk: int = LOGITS_CHUNK) -> tuple[jax.Array, jax.Array | None]:
+  """`logprobs_from_logits(logits_fn(hidden_BxTxD), tokens_BxT, with_entropy=...)` at the positions `where_BxT` (0
+  elsewhere), without ever holding the [B, T, V] logits. `hidden_BxTxD[b, t]` is the state that predicts
+  `tokens_BxT[b, t]`; `logits_fn` maps [B, C, D] states to [B, C, V] logits.
+
+  Each row's selected positions are moved to its front, in order, and their logits made `chunk` positions at a time
+  (a scan); a chunk with no selected position in any row is skipped, so prompts cost no logits. The backward
+  recomputes a chunk's logits (jax.checkpoint) instead of keeping every chunk's. Rows of at most `chunk` positions
+  are one chunk as they are: nothing to skip, and the numbers of the unchunked computation to the bit.
+  """
+  batch, length = tokens_BxT.shape
+  if length <= chunk:
+    logp_BxT, entropy_BxT = logprobs_from_logits(logits_fn(hidden_BxTxD), tokens_BxT, with_entropy=with_entropy)
+    return jnp.where(where_BxT, logp_BxT, 0.0), jnp.where(where_BxT, entropy_BxT, 0.0) if with_entropy else None
+  num_chunks = -(-length // chunk)
+  order_BxT = jnp.argsort(~where_BxT, axis=1, stable=True)  # selected positions first
+
+  def chunked(x_BxT):  # [B, T, ...] in `order` -> [num_chunks, B, chunk, ...]
+    x_BxT = jnp.take_along_axis(x_BxT, order_BxT.reshape(order_BxT.shape + (1,) * (x_BxT.ndim - 2)), axis=1)
+    x_BxT = jnp.pad(x_BxT, [(0, 0), (0, num_chunks * chunk - length)] + [(0, 0)] * (x_BxT.ndim - 2))
+    return jnp.moveaxis(x_BxT.reshape(batch, num_chunks, chunk, *x_BxT.shape[2:]), 1, 0)
+
+  def unchunked(x_NxBxC: jax.Array) -> jax.Array:  # the inverse of `chunked`, zeros outside `where`
+    x_BxT = jnp.moveaxis(x_NxBxC, 0, 1).reshape(batch, num_chunks * chunk)[:, :length]
+    return jnp.where(where_BxT, jnp.take_along_axis(x_BxT, jnp.argsort(order_BxT, axis=1), axis=1), 0.0)
+
+  def logprobs(hidden_BxCxD, tokens_BxC):
+    return logprobs_from_logits(logits_fn(hidden_BxCxD), tokens_BxC, with_entropy=with_entropy)
+
+  def skipped(hidden_BxCxD, tokens_BxC):
+    zeros_BxC = jnp.zeros(tokens_BxC.shape, jnp.float32)
+    return zeros_BxC, zeros_BxC if with_entropy else None
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)  # inside a scan CSE cannot merge the recomputation
+  def one_chunk(carry, chunk_inputs):
+    hidden_BxCxD, tokens_BxC, where_BxC = chunk_inputs
+    return carry, jax.lax.cond(jnp.any(where_BxC), logprobs, skipped, hidden_BxCxD, tokens_BxC)
+
+  _, (logp_NxBxC, entropy_NxBxC) = jax.lax.scan(
+      one_chunk, None, (chunked(hidden_BxTxD), chunked(tokens_BxT), chunked(where_BxT)))
+  return unchunked(logp_NxBxC), unchunked(entropy_NxBxC) if with_entropy else None
 
 
 def cmae(logp_BxT: jax.Array, obs_mask_BxT: jax.Array, cfg: LossConfig) -> jax.Array:

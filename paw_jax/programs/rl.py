@@ -52,7 +52,7 @@ class RLProgram:
       plugins = (CriticPlugin(nnx.merge(run.graphdef, params), c.optim, c.critic, run.mesh),)
     loss_fn = rl_loss(c.algo.loss, c.paw.wm_loss if c.paw.enabled else None)
     self.learner = Learner(run.graphdef, params, c.optim, loss_fn, run.mesh, with_ref=c.algo.loss.kl_coef != 0,
-                           plugins=plugins)
+                           ref_dtype=c.model.ref_dtype, plugins=plugins)
 
   def update(self, update_index: int) -> dict[str, float]:
     """Rollouts, the batch, then an optimizer step per mini-batch (and the critic's, for PPO)."""
