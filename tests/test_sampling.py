@@ -19,6 +19,7 @@ from paw_jax.sampling import Sampler, SamplingConfig, generate, sample_logits, s
 VOCAB = 97
 TOKEN_BYTES = [bytes([97 + i % 26]) * (1 + i // 26) for i in range(VOCAB)]  # 'a'..'z', 'aa'..'zz', ...
 PROMPTS = [[5, 17, 3, 44, 60, 2, 9, 11], [7, 1], [30, 31, 32, 33, 34]]
+NO_STOP, NO_EOS = stop_string_table(TOKEN_BYTES, []), np.asarray([VOCAB + 1], np.int32)  # generate's own arguments
 
 
 @pytest.fixture(scope="module")
@@ -205,11 +206,10 @@ def test_sharded_sampler_splits_the_cache_rows_and_kv_heads(model, checkpoint):
   batch, prompt_len, steps = 8, 16, 4
   inputs = sharding.shard_rows({"prompt": np.ones((batch, prompt_len), np.int32),
                                 "mask": np.ones((batch, prompt_len), bool)}, mesh)
-  sampler = make_sampler(sharded, mesh=mesh)
-  hlo = generate.lower(sampler.graphdef, nnx.state(sharded), inputs["prompt"], inputs["mask"], jax.random.key(0),
-                       sampler._stop_table, sampler._eos_ids, 0, SamplingConfig(max_new_tokens=steps), mesh,
-                       sampler.prefill_chunk).compile().as_text()
-  layers, slots, kv_heads, head_dim = model.cfg.num_layers, prompt_len + steps, model.cfg.num_kv_heads, 24
+  hlo = generate.lower(nnx.graphdef(sharded), nnx.state(sharded), inputs["prompt"], inputs["mask"], jax.random.key(0),
+                       NO_STOP, NO_EOS, 0, SamplingConfig(max_new_tokens=steps), mesh).compile().as_text()
+  cfg = model.cfg
+  layers, slots, kv_heads, head_dim = cfg.num_layers, prompt_len + steps, cfg.num_kv_heads, cfg.head_dim
   assert f"f32[{layers},{batch // 4},{slots},{kv_heads // 2},{head_dim}]" in hlo
   assert f"f32[{layers},{batch},{slots},{kv_heads},{head_dim}]" not in hlo
   assert f"f32[{layers},{batch // 4},{slots},{kv_heads},{head_dim}]" not in hlo
@@ -249,11 +249,11 @@ def test_decode_loop_updates_the_cache_in_place(model):
   """In the compiled program, no loop iteration creates a cache-sized buffer (a copy, a zero fill, a rebuilt stack):
   the only cache-sized results inside loops are dynamic-update-slices of the loop-carried cache."""
   batch, prompt_len, steps = 4, 16, 6
-  sampler = make_sampler(model)
-  hlo = generate.lower(sampler.graphdef, nnx.state(model), np.ones((batch, prompt_len), np.int32),
-                       np.ones((batch, prompt_len), bool), jax.random.key(0), sampler._stop_table, sampler._eos_ids, 0,
+  hlo = generate.lower(nnx.graphdef(model), nnx.state(model), np.ones((batch, prompt_len), np.int32),
+                       np.ones((batch, prompt_len), bool), jax.random.key(0), NO_STOP, NO_EOS, 0,
                        SamplingConfig(max_new_tokens=steps)).compile().as_text()
-  cache_shape = f"f32[{model.cfg.num_layers},{batch},{prompt_len + steps},{model.cfg.num_kv_heads},24]"
+  cfg = model.cfg
+  cache_shape = f"f32[{cfg.num_layers},{batch},{prompt_len + steps},{cfg.num_kv_heads},{cfg.head_dim}]"
   bodies = _loop_bodies(hlo)
   assert len(bodies) > 3  # the decode loop, the prefill loop, their layer loops
   made = []
@@ -292,9 +292,8 @@ def test_weights_are_cast_to_the_compute_dtype_once_per_call(checkpoint):
   weights = jax.tree.leaves(params)
   layer_slices = {w.shape[1:] for w in jax.tree.leaves(params["layers"])}
   shapes = {w.shape for w in weights} | layer_slices
-  sampler = make_sampler(model)
   jaxpr = jax.make_jaxpr(generate.__wrapped__, static_argnums=(0, 8))(
-      sampler.graphdef, params, np.ones((2, 16), np.int32), np.ones((2, 16), bool), jax.random.key(0),
-      sampler._stop_table, sampler._eos_ids, 0, SamplingConfig(max_new_tokens=4)).jaxpr
+      nnx.graphdef(model), params, np.ones((2, 16), np.int32), np.ones((2, 16), bool), jax.random.key(0), NO_STOP,
+      NO_EOS, 0, SamplingConfig(max_new_tokens=4)).jaxpr
   assert not [eqn for eqn, in_loop in _eqns(jaxpr) if in_loop and _is_weight_cast(eqn, shapes)]
   assert len([eqn for eqn in jaxpr.eqns if _is_weight_cast(eqn, shapes)]) == len(weights)
