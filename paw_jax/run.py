@@ -47,6 +47,8 @@ class Run:
       check_resume(config, saved.read_text())
     workdir.mkdir(parents=True, exist_ok=True)
     saved.write_text(config_json(config))
+    if not jax.config.jax_compilation_cache_dir:  # restarts reuse compiled programs; a cache set by the user wins
+      jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
     try:
       mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     except ValueError as error:
@@ -60,7 +62,7 @@ class Run:
     model = load_model(config, tokenizer, mesh)
     graphdef, params = nnx.split(model)
     sampler = Sampler.from_tokenizer(graphdef, tokenizer, vocab_size=model.cfg.vocab_size,
-                                     max_prompt_len=config.sampling.max_prompt_len)
+                                     max_prompt_len=config.sampling.max_prompt_len, mesh=mesh)
     return cls(config, workdir, mesh, tokenizer, model.cfg, graphdef, params, env_cls, sampler)
 
   def take_params(self) -> Any:

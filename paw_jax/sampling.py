@@ -1,9 +1,16 @@
-"""Jitted KV-cache sampler on the training model graph: prefill + `lax.while_loop` decode over a fixed-size cache.
+"""Jitted KV-cache sampler on the training model graph: chunked prefill + `lax.while_loop` decode over a fixed-size
+cache.
 
 Prompts are left-padded into a fixed bucket so every row's last prompt token sits at the same slot, and decoding
 writes one slot per step for all rows. Rows stop at an EOS id or when their text contains a stop string; stop strings
 are matched on device by a byte-level automaton whose per-token transition table is precomputed from the vocabulary,
 so a stop string split across tokens is still caught and the loop never syncs with the host.
+
+At scale (one `generate` call per turn of a wave): the weights are cast to the compute dtype once per call, and
+gathered over the fsdp axis once (decode reads every weight every token; per-token all-gathers would dominate);
+rows, the cache and the outputs are split over data x fsdp and KV heads over tensor (`paw_jax.sharding`'s rules);
+the prompt is prefilled in chunks of C tokens, so its attention scores are [B, N, C, S], not [B, N, P, S]; the decode
+loop writes the cache in place (one dynamic_update_slice per layer and token on the loop-carried buffers).
 
 Per generated token the sampler returns the token, its log-prob and the full-vocabulary entropy of the
 temperature-scaled distribution `softmax(logits / T)` — exactly what the trainer recomputes, so PPO ratios start at
@@ -19,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
+from paw_jax import sharding
 from paw_jax.algos.losses import logprobs_from_logits
 from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import Decoder, KVCache
@@ -109,19 +118,75 @@ def sample_logits(rng: jax.Array, logits_BxV: jax.Array, cfg: SamplingConfig) ->
 
 
 # --- the jitted generation loop -------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
+# Prefill chunk: Qwen2.5-7B (28 heads) with 64 rows of 2,560 slots per device holds 4.7 GB of fp32 scores per chunk
+# (75 GB for a whole 2,048-token prompt) and still multiplies 16k tokens per step.
+DEFAULT_PREFILL_CHUNK = 256
+
+# The sampler's layout: the training rules, but weights whole along `embed` (gathered over fsdp once per call).
+SAMPLER_RULES = (("embed", None), *sharding.DEFAULT_RULES)
+
+
+def _constrain(x: jax.Array, logical_axes: Sequence[str | None], mesh: Mesh | None) -> jax.Array:
+  if mesh is None:
+    return x
+  spec = sharding.logical_to_spec(logical_axes, x.shape, mesh, SAMPLER_RULES)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _rows(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+  return _constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)
+
+
+def _constrain_cache(cache: KVCache, mesh: Mesh | None) -> KVCache:
+  return KVCache(_constrain(cache.keys_LxBxSxKxH, KVCache.LOGICAL_AXES, mesh),
+                 _constrain(cache.values_LxBxSxKxH, KVCache.LOGICAL_AXES, mesh), _rows(cache.mask_BxS, mesh),
+                 cache.index)
+
+
+def _compute_params(params: nnx.State, dtype: jnp.dtype, mesh: Mesh | None) -> nnx.State:
+  """Floating weights in the compute dtype, laid out by SAMPLER_RULES: made once per call, read every token."""
+  def convert(variable: nnx.Variable) -> nnx.Variable:
+    value = variable[...]
+    if jnp.issubdtype(value.dtype, jnp.floating):
+      value = value.astype(dtype)
+    axes = variable.get_metadata().get("logical_axes") or (None,) * value.ndim
+    return variable.replace(_constrain(value, axes, mesh))
+  return jax.tree.map(convert, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "mesh", "prefill_chunk"))
 def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
              rng: jax.Array, stop_table: jax.Array, eos_ids: jax.Array, pad_id: int | jax.Array,
-             cfg: SamplingConfig) -> SampleOutput:
-  """Samples up to `cfg.max_new_tokens` tokens after left-padded prompts (last prompt token at slot P-1)."""
-  model: Decoder = nnx.merge(graphdef, params)
+             cfg: SamplingConfig, mesh: Mesh | None = None,
+             prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> SampleOutput:
+  """Samples up to `cfg.max_new_tokens` tokens after left-padded prompts (last prompt token at slot P-1).
+
+  `mesh`: rows split over data x fsdp, KV heads over tensor (None: no constraints). The prompt is prefilled in
+  chunks of min(prefill_chunk, P) tokens, which must divide P.
+  """
+  dtype = nnx.merge(graphdef, params).cfg.compute_jnp_dtype
+  model: Decoder = nnx.merge(graphdef, _compute_params(params, dtype, mesh))
   batch, prompt_len = prompt_BxP.shape
+  chunk = min(prefill_chunk, prompt_len)
+  if prompt_len % chunk:
+    raise ValueError(f"prefill_chunk={prefill_chunk}: expected a divisor of the prompt length {prompt_len}")
   steps = cfg.max_new_tokens
   stopped_state = stop_table.shape[0] - 1
-  cache = KVCache.init(model.cfg, batch, prompt_len + steps)
+  prompt_BxP, prompt_mask_BxP = _rows(prompt_BxP, mesh), _rows(prompt_mask_BxP, mesh)
   positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP.astype(jnp.int32), axis=-1) - 1, 0)
-  hidden_BxPxD, cache = model.hidden_states(prompt_BxP, positions_BxP, prompt_mask_BxP, cache)
-  logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
+
+  def prefill(i, carry):
+    """Writes prompt slots [i*C, (i+1)*C) to the cache; carries the last slot's hidden state for the first token."""
+    cache, _ = carry
+    chunk_of = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=i * chunk, slice_size=chunk, axis=1)
+    hidden_BxCxD, cache = model.hidden_states(chunk_of(prompt_BxP), chunk_of(positions_BxP),
+                                              chunk_of(prompt_mask_BxP), cache)
+    return _constrain_cache(cache, mesh), _rows(hidden_BxCxD[:, -1], mesh)
+
+  cache = _constrain_cache(KVCache.init(model.cfg, batch, prompt_len + steps), mesh)
+  last_hidden_BxD = _rows(jnp.zeros((batch, model.cfg.hidden_size), model.cfg.compute_jnp_dtype), mesh)
+  cache, last_hidden_BxD = jax.lax.fori_loop(0, prompt_len // chunk, prefill, (cache, last_hidden_BxD))
+  logits_BxV = model.logits(last_hidden_BxD[:, None])[:, 0]
 
   def record(carry, logits_BxV, step):
     """Samples this step's token and writes it (masked once a row is done); carry = (rng, done, stop state, out)."""
@@ -142,6 +207,7 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array, p
 
   empty = SampleOutput(jnp.full((batch, steps), pad_id, jnp.int32), jnp.zeros((batch, steps), jnp.float32),
                        jnp.zeros((batch, steps), jnp.float32), jnp.zeros((batch, steps), bool))
+  empty = jax.tree.map(lambda x: _rows(x, mesh), empty)
   start = (rng, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32), empty)
   rng, done_B, stop_state_B, out, token_B = record(start, logits_BxV, 0)
   last_position_B = positions_BxP[:, -1]
@@ -155,7 +221,7 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array, p
     positions_Bx1 = (last_position_B + step)[:, None]
     logits_Bx1xV, cache = model(token_B[:, None], positions_Bx1, ~done_B[:, None], cache)
     rng, done_B, stop_state_B, out, token_B = record((rng, done_B, stop_state_B, out), logits_Bx1xV[:, 0], step)
-    return step + 1, rng, done_B, stop_state_B, out, token_B, cache
+    return step + 1, rng, done_B, stop_state_B, out, token_B, _constrain_cache(cache, mesh)
 
   carry = (jnp.ones((), jnp.int32), rng, done_B, stop_state_B, out, token_B, cache)
   return jax.lax.while_loop(cond, body, carry)[4]
@@ -176,11 +242,21 @@ def power_of_two_buckets(minimum: int, maximum: int) -> tuple[int, ...]:
   return (*sizes, maximum)
 
 
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
 @dataclasses.dataclass
 class Sampler:
   """Host-side front end: pads prompts into (batch, length) buckets so `generate` compiles once per bucket.
 
-  `params` is passed per call (the train state's own params: no copy, no conversion).
+  `params` is passed per call (the train state's own; `generate` makes the compute-dtype copy it decodes with, which
+  at bf16 costs half the fp32 weights' memory, whole along `embed`, during the call). Length buckets are powers of two
+  from 64 to `max_prompt_len`, those above `prefill_chunk` rounded up to a multiple of it; batch buckets are the mesh's
+  row shards (data x fsdp) times powers of two, up to `max_batch` rounded up likewise. So a run compiles `generate`
+  at most len(length_buckets) x len(batch_buckets) times per SamplingConfig (an RL run has two: training's and
+  evaluation's): with max_prompt_len=2048 and max_batch=512 on one row shard, 6 x 10 x 2 = 120; on 8 row shards,
+  6 x 7 x 2 = 84. The persistent compilation cache (`Run.open`) keeps them across restarts.
   """
   graphdef: nnx.GraphDef
   token_bytes: Sequence[bytes]
@@ -189,9 +265,13 @@ class Sampler:
   stop_strings: Sequence[str] = ()
   max_prompt_len: int = 2048
   vocab_size: int | None = None  # model vocabulary when larger than the tokenizer's (e.g. Qwen's padded embedding)
-  batch_buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+  mesh: Mesh | None = None  # rows over data x fsdp, KV heads over tensor; None: wherever the inputs are
+  prefill_chunk: int = DEFAULT_PREFILL_CHUNK  # prompt tokens per prefill step
+  max_batch: int = 512  # the largest batch bucket (a larger call raises)
 
   def __post_init__(self):
+    if self.prefill_chunk < 1 or self.max_batch < 1:
+      raise ValueError(f"prefill_chunk and max_batch must be >= 1, got {self.prefill_chunk}, {self.max_batch}")
     token_bytes = list(self.token_bytes)
     if self.vocab_size is not None:
       if self.vocab_size < len(token_bytes):
@@ -199,14 +279,19 @@ class Sampler:
       token_bytes += [b""] * (self.vocab_size - len(token_bytes))  # ids the tokenizer never produces
     self._stop_table = jnp.asarray(stop_string_table(token_bytes, self.stop_strings))
     self._eos_ids = jnp.asarray(list(self.eos_ids), jnp.int32)
-    self.length_buckets = power_of_two_buckets(min(64, self.max_prompt_len), self.max_prompt_len)
+    chunk = self.prefill_chunk
+    self.length_buckets = tuple(sorted({_round_up(n, chunk) if n > chunk else n
+                                        for n in power_of_two_buckets(min(64, self.max_prompt_len),
+                                                                      self.max_prompt_len)}))
+    row_shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    self.batch_buckets = power_of_two_buckets(row_shards, _round_up(self.max_batch, row_shards))
 
   @classmethod
   def from_tokenizer(cls, graphdef: nnx.GraphDef, tokenizer: Tokenizer, *, vocab_size: int, max_prompt_len: int,
-                     stop_strings: Sequence[str] = ()) -> Sampler:
+                     stop_strings: Sequence[str] = (), mesh: Mesh | None = None) -> Sampler:
     """A sampler that stops at the tokenizer's end-of-turn tokens and pads with its pad token."""
     return cls(graphdef, tokenizer.token_bytes(), eos_ids=tokenizer.stop_token_ids, pad_id=tokenizer.pad_token_id,
-               stop_strings=tuple(stop_strings), max_prompt_len=max_prompt_len, vocab_size=vocab_size)
+               stop_strings=tuple(stop_strings), max_prompt_len=max_prompt_len, vocab_size=vocab_size, mesh=mesh)
 
   def __call__(self, params: nnx.State, prompts: Sequence[Sequence[int]], rng: jax.Array,
                cfg: SamplingConfig) -> list[dict[str, np.ndarray]]:
@@ -224,8 +309,11 @@ class Sampler:
       prompt_BxP[row, length - len(prompt):] = prompt
       mask_BxP[row, length - len(prompt):] = True
     mask_BxP[len(prompts):, -1] = True  # filler rows: one real token, so no row attends to nothing
-    out = jax.device_get(generate(self.graphdef, params, prompt_BxP, mask_BxP, rng, self._stop_table, self._eos_ids,
-                                  self.pad_id, cfg))
+    inputs = {"prompt_BxP": prompt_BxP, "mask_BxP": mask_BxP}
+    if self.mesh is not None:  # each device receives its own rows
+      inputs = sharding.shard_rows(inputs, self.mesh)
+    out = jax.device_get(generate(self.graphdef, params, inputs["prompt_BxP"], inputs["mask_BxP"], rng,
+                                  self._stop_table, self._eos_ids, self.pad_id, cfg, self.mesh, self.prefill_chunk))
     results = []
     for row in range(len(prompts)):
       n = int(out.mask_BxN[row].sum())

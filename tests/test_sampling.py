@@ -1,11 +1,16 @@
-"""Sampler against references: uncached greedy decoding, full-forward log-probs, known distributions."""
+"""Sampler against references: uncached greedy decoding, full-forward log-probs, known distributions, one device vs
+an 8-device mesh, one prefill chunk vs several; the compiled decode loop against the copies it must not make."""
+import re
+
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from hf_models import make_hf_model
+from paw_jax import sharding
 from paw_jax.models import hf_io
 from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import positions_from_mask
@@ -14,18 +19,24 @@ from paw_jax.sampling import Sampler, SamplingConfig, generate, sample_logits, s
 VOCAB = 97
 TOKEN_BYTES = [bytes([97 + i % 26]) * (1 + i // 26) for i in range(VOCAB)]  # 'a'..'z', 'aa'..'zz', ...
 PROMPTS = [[5, 17, 3, 44, 60, 2, 9, 11], [7, 1], [30, 31, 32, 33, 34]]
+NO_STOP, NO_EOS = stop_string_table(TOKEN_BYTES, []), np.asarray([VOCAB + 1], np.int32)  # generate's own arguments
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-  path = tmp_path_factory.mktemp("qwen3")
+def checkpoint(tmp_path_factory):
+  path = tmp_path_factory.mktemp("qwen3")  # 3 layers, 4 query heads, 2 KV heads of 24
   make_hf_model("qwen3").save_pretrained(path)
-  return hf_io.load_model(path)
+  return path
 
 
-def make_sampler(model, stop_strings=(), eos_ids=(), max_prompt_len=16):
+@pytest.fixture(scope="module")
+def model(checkpoint):
+  return hf_io.load_model(checkpoint)
+
+
+def make_sampler(model, stop_strings=(), eos_ids=(), max_prompt_len=16, **kwargs):
   return Sampler(nnx.graphdef(model), TOKEN_BYTES, eos_ids=list(eos_ids) or [VOCAB + 1], pad_id=0,
-                 stop_strings=stop_strings, max_prompt_len=max_prompt_len)
+                 stop_strings=stop_strings, max_prompt_len=max_prompt_len, **kwargs)
 
 
 WIDTH = 32
@@ -164,3 +175,125 @@ def test_from_tokenizer_takes_vocabulary_stop_and_pad_tokens_from_the_tokenizer(
   assert list(sampler.token_bytes) == tokenizer.token_bytes()
   assert (sampler.eos_ids, sampler.pad_id) == (tokenizer.stop_token_ids, tokenizer.pad_token_id)
   assert (sampler.stop_strings, sampler.max_prompt_len, sampler.vocab_size) == (("</action>",), 64, vocab_size)
+
+
+def assert_same_samples(got, expected, atol):
+  for a, b in zip(got, expected, strict=True):
+    assert a["tokens"].tolist() == b["tokens"].tolist()
+    np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=atol)
+    np.testing.assert_allclose(a["entropy"], b["entropy"], atol=atol)
+
+
+SAMPLING_CASES = [SamplingConfig(temperature=0, max_new_tokens=10), SamplingConfig(temperature=1.0, max_new_tokens=10)]
+
+
+@pytest.mark.parametrize("cfg", SAMPLING_CASES, ids=["greedy", "seeded"])
+def test_sharded_sampler_equals_one_device(model, checkpoint, cfg):
+  """Rows over data x fsdp (2 x 2), KV heads over tensor (2): the same tokens, log-probs and entropies."""
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  sharded = hf_io.load_model(checkpoint, shardings=sharding.param_shardings(hf_io.abstract_model(model.cfg), mesh))
+  prompts = PROMPTS + [[3, 3, 9], [60, 61]]  # 5 prompts: a batch bucket of 8, two rows per row shard
+  expected = make_sampler(model)(nnx.state(model), prompts, jax.random.key(7), cfg)
+  sampler = make_sampler(sharded, mesh=mesh)
+  assert sampler.batch_buckets[:3] == (4, 8, 16)  # multiples of the 4 row shards
+  assert_same_samples(sampler(nnx.state(sharded), prompts, jax.random.key(7), cfg), expected, atol=1e-5)
+
+
+def test_sharded_sampler_splits_the_cache_rows_and_kv_heads(model, checkpoint):
+  """Each device's KV cache (and any cache-sized temporary) is [L, B/4, S, K/2, H]: no replicated copy exists."""
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  sharded = hf_io.load_model(checkpoint, shardings=sharding.param_shardings(hf_io.abstract_model(model.cfg), mesh))
+  batch, prompt_len, steps = 8, 16, 4
+  inputs = sharding.shard_rows({"prompt": np.ones((batch, prompt_len), np.int32),
+                                "mask": np.ones((batch, prompt_len), bool)}, mesh)
+  hlo = generate.lower(nnx.graphdef(sharded), nnx.state(sharded), inputs["prompt"], inputs["mask"], jax.random.key(0),
+                       NO_STOP, NO_EOS, 0, SamplingConfig(max_new_tokens=steps), mesh).compile().as_text()
+  cfg = model.cfg
+  layers, slots, kv_heads, head_dim = cfg.num_layers, prompt_len + steps, cfg.num_kv_heads, cfg.head_dim
+  assert f"f32[{layers},{batch // 4},{slots},{kv_heads // 2},{head_dim}]" in hlo
+  assert f"f32[{layers},{batch},{slots},{kv_heads},{head_dim}]" not in hlo
+  assert f"f32[{layers},{batch // 4},{slots},{kv_heads},{head_dim}]" not in hlo
+
+
+@pytest.mark.parametrize("cfg", SAMPLING_CASES, ids=["greedy", "seeded"])
+def test_chunked_prefill_equals_one_chunk(model, cfg):
+  """Prompts of a 16-token bucket prefilled 4 tokens at a time give what one 16-token prefill gives."""
+  one_chunk = make_sampler(model, prefill_chunk=16)
+  chunked = make_sampler(model, prefill_chunk=4)
+  assert one_chunk.length_buckets == chunked.length_buckets == (16,)
+  expected = one_chunk(nnx.state(model), PROMPTS, jax.random.key(5), cfg)
+  assert_same_samples(chunked(nnx.state(model), PROMPTS, jax.random.key(5), cfg), expected, atol=1e-5)
+
+
+def test_length_buckets_are_multiples_of_the_prefill_chunk(model):
+  assert make_sampler(model, max_prompt_len=100, prefill_chunk=32).length_buckets == (64, 128)
+  assert make_sampler(model, max_prompt_len=300, prefill_chunk=128).length_buckets == (64, 128, 256, 384)
+
+
+def _loop_bodies(hlo: str) -> dict[str, str]:
+  """Optimized HLO text: every computation a while loop runs per iteration (bodies and what they call)."""
+  computations = dict(re.findall(r"^(?:ENTRY )?%([\w.-]+) .*?\{\n(.*?)^\}", hlo, re.S | re.M))
+  callees = {name: set(re.findall(r"(?:calls|body|condition|to_apply)=%?([\w.-]+)", text))
+             for name, text in computations.items()}
+  pending = [body for text in computations.values() for body in re.findall(r"body=%?([\w.-]+)", text)]
+  reached = set()
+  while pending:
+    name = pending.pop()
+    if name not in reached:
+      reached.add(name)
+      pending += callees[name]
+  return {name: computations[name] for name in reached}
+
+
+def test_decode_loop_updates_the_cache_in_place(model):
+  """In the compiled program, no loop iteration creates a cache-sized buffer (a copy, a zero fill, a rebuilt stack):
+  the only cache-sized results inside loops are dynamic-update-slices of the loop-carried cache."""
+  batch, prompt_len, steps = 4, 16, 6
+  hlo = generate.lower(nnx.graphdef(model), nnx.state(model), np.ones((batch, prompt_len), np.int32),
+                       np.ones((batch, prompt_len), bool), jax.random.key(0), NO_STOP, NO_EOS, 0,
+                       SamplingConfig(max_new_tokens=steps)).compile().as_text()
+  cfg = model.cfg
+  cache_shape = f"f32[{cfg.num_layers},{batch},{prompt_len + steps},{cfg.num_kv_heads},{cfg.head_dim}]"
+  bodies = _loop_bodies(hlo)
+  assert len(bodies) > 3  # the decode loop, the prefill loop, their layer loops
+  made = []
+  for name, text in bodies.items():
+    for line in text.splitlines():
+      result = re.match(r"\s*(?:ROOT )?%\S+ = (\S+?)\{[^}]*\} (\S+?)\(", line)
+      if result and result.group(1) == cache_shape and result.group(2) not in ("parameter", "get-tuple-element",
+                                                                                  "bitcast", "while"):
+        made.append((name, result.group(2), line.strip()))
+  dus = [m for m in made if m[1] == "dynamic-update-slice"]
+  fusions = [m for m in made if m[1] == "fusion"]
+  assert not [m for m in made if m[1] not in ("dynamic-update-slice", "fusion")], made
+  for _, _, line in fusions:  # a fusion is in place when its root is a dynamic-update-slice (of the carried cache)
+    fused = re.search(r"calls=%?([\w.-]+)", line).group(1)
+    assert re.search(r"ROOT %\S+ = \S+ dynamic-update-slice\(", bodies[fused]), line
+  assert len(dus) + len(fusions) >= 2  # keys and values are written
+
+
+def _eqns(jaxpr, in_loop=False):
+  """Every eqn of a jaxpr and of its nested jaxprs, with whether it runs inside a while loop."""
+  for eqn in jaxpr.eqns:
+    yield eqn, in_loop
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _eqns(sub, in_loop or eqn.primitive.name == "while")
+
+
+def _is_weight_cast(eqn, weight_shapes) -> bool:
+  return (eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == jnp.float32
+          and eqn.outvars[0].aval.dtype == jnp.bfloat16 and tuple(eqn.invars[0].aval.shape) in weight_shapes)
+
+
+def test_weights_are_cast_to_the_compute_dtype_once_per_call(checkpoint):
+  """With bf16 compute, the loops read bf16 weights: the fp32 -> bf16 casts sit outside them (one per weight)."""
+  model = hf_io.load_model(checkpoint, compute_dtype="bfloat16")
+  params = nnx.state(model)
+  weights = jax.tree.leaves(params)
+  layer_slices = {w.shape[1:] for w in jax.tree.leaves(params["layers"])}
+  shapes = {w.shape for w in weights} | layer_slices
+  jaxpr = jax.make_jaxpr(generate.__wrapped__, static_argnums=(0, 8))(
+      nnx.graphdef(model), params, np.ones((2, 16), np.int32), np.ones((2, 16), bool), jax.random.key(0), NO_STOP,
+      NO_EOS, 0, SamplingConfig(max_new_tokens=4)).jaxpr
+  assert not [eqn for eqn, in_loop in _eqns(jaxpr) if in_loop and _is_weight_cast(eqn, shapes)]
+  assert len([eqn for eqn in jaxpr.eqns if _is_weight_cast(eqn, shapes)]) == len(weights)

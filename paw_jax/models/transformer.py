@@ -6,14 +6,15 @@ over layers (fast compiles for deep models) and a Python loop. Every parameter c
 
 One attention path serves training, prefill and cached decode: tokens occupy *slots*; a query at slot i sees key slots
 j <= i that hold a real token (`mask`). Without a cache the slots are the T input positions; with a cache they are the
-cache's S slots and the T new tokens are written at `cache.index`. RoPE positions are separate inputs, so left-padded
-rows (positions counted from their first real token) give the same logits as unpadded rows.
+cache's S slots and the T new tokens are written at `cache.index`, in place (the cache rides in the layer loop's carry).
+RoPE positions are separate inputs, so left-padded rows (positions counted from their first real token) give the same
+logits as unpadded rows.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,9 @@ class KVCache:
   values_LxBxSxKxH: jax.Array
   mask_BxS: jax.Array  # slot holds a real (non-padding) token
   index: jax.Array  # int32 scalar
+
+  # Logical axes of the key/value arrays, for `paw_jax.sharding` (rows over the batch rule, KV heads over tensor).
+  LOGICAL_AXES = ("layers", "batch", None, "kv_heads", "head_dim")
 
   @classmethod
   def init(cls, cfg: ModelConfig, batch: int, num_slots: int) -> KVCache:
@@ -119,34 +123,61 @@ class Decoder(nnx.Module):
     _, seq_len = tokens_BxT.shape
     x_BxTxD = self.embed[...].astype(dtype)[tokens_BxT]
     cos_BxTxH, sin_BxTxH = rope_tables(cfg, positions_BxT)
+    stacked = self.layers.as_dict(tuple(layer_param_specs(cfg)))
     if cache is None:
-      query_slots_T = jnp.arange(seq_len)
-      key_mask_BxS, key_slots_S, write_index = mask_BxT, query_slots_T, None
+      attn_mask_Bx1xTxT = _attention_mask(mask_BxT, jnp.arange(seq_len), jnp.arange(seq_len))
+
+      def attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
+        return attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, attn_mask_Bx1xTxT), None
+
+      def body(x_BxTxD, params):
+        return decoder_layer(cfg, params, x_BxTxD, cos_BxTxH, sin_BxTxH, attend)
+
+      if cfg.remat:
+        body = jax.checkpoint(body, prevent_cse=not cfg.scan_layers)
+      x_BxTxD, _ = _run_layers(body, x_BxTxD, stacked, cfg.num_layers, cfg.scan_layers)
     else:
-      write_index = cache.index
-      query_slots_T = write_index + jnp.arange(seq_len)
-      key_mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxT.astype(bool), (0, write_index))
-      key_slots_S = jnp.arange(cache.mask_BxS.shape[1])
-    attn_mask_Bx1xTxS = (key_mask_BxS[:, None, None, :].astype(bool)
-                         & (key_slots_S[None, None, None, :] <= query_slots_T[None, None, :, None]))
+      x_BxTxD, cache = _cached_layers(cfg, stacked, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxT, cache)
+    return rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps), cache
 
-    names = tuple(layer_param_specs(cfg))
-    stacked = self.layers.as_dict(names)
 
-    def body(x_BxTxD, layer_inputs):
-      params, cached_kv = layer_inputs
-      x_BxTxD, new_kv = decoder_layer(cfg, params, x_BxTxD, cos_BxTxH, sin_BxTxH, attn_mask_Bx1xTxS,
-                                      cached_kv, write_index)
-      return x_BxTxD, new_kv
+def _attention_mask(key_mask_BxS: jax.Array, key_slots_S: jax.Array, query_slots_T: jax.Array) -> jax.Array:
+  """A query at slot i sees key slots j <= i that hold a real token."""
+  return (key_mask_BxS[:, None, None, :].astype(bool)
+          & (key_slots_S[None, None, None, :] <= query_slots_T[None, None, :, None]))
 
-    if cfg.remat:
-      body = jax.checkpoint(body, prevent_cse=not cfg.scan_layers)
-    cached = None if cache is None else (cache.keys_LxBxSxKxH, cache.values_LxBxSxKxH)
-    x_BxTxD, new_kv = _run_layers(body, x_BxTxD, (stacked, cached), cfg.num_layers, cfg.scan_layers)
-    hidden_BxTxD = rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps)
-    if cache is not None:
-      cache = KVCache(new_kv[0], new_kv[1], key_mask_BxS, write_index + seq_len)
-    return hidden_BxTxD, cache
+
+def _cached_layers(cfg: ModelConfig, stacked: dict[str, jax.Array], x_BxTxD: jax.Array, cos_BxTxH: jax.Array,
+                   sin_BxTxH: jax.Array, mask_BxT: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+  """The layers over T new tokens written at `cache.index`; each query attends to all S cache slots (masked).
+
+  The whole [L, B, S, K, H] cache rides in the layer loop's carry and each layer writes its T new slots with one
+  dynamic_update_slice, so inside a decode `while_loop` the cache buffers are updated in place (no per-token copy
+  of the cache; a scan's stacked outputs would rebuild it every step).
+  """
+  seq_len = x_BxTxD.shape[1]
+  write_index = cache.index
+  key_mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxT.astype(bool), (0, write_index))
+  attn_mask_Bx1xTxS = _attention_mask(key_mask_BxS, jnp.arange(key_mask_BxS.shape[1]),
+                                      write_index + jnp.arange(seq_len))
+
+  def body(carry, layer_inputs):
+    x_BxTxD, keys_LxBxSxKxH, values_LxBxSxKxH = carry
+    params, layer = layer_inputs
+
+    def attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
+      start = (layer, 0, write_index, 0, 0)
+      keys = jax.lax.dynamic_update_slice(keys_LxBxSxKxH, k_BxTxKxH[None], start)
+      values = jax.lax.dynamic_update_slice(values_LxBxSxKxH, v_BxTxKxH[None], start)
+      return attention(cfg, q_BxTxNxH, keys[layer], values[layer], attn_mask_Bx1xTxS), (keys, values)
+
+    x_BxTxD, (keys, values) = decoder_layer(cfg, params, x_BxTxD, cos_BxTxH, sin_BxTxH, attend)
+    return (x_BxTxD, keys, values), None
+
+  carry = (x_BxTxD, cache.keys_LxBxSxKxH, cache.values_LxBxSxKxH)
+  (x_BxTxD, keys, values), _ = _run_layers(body, carry, (stacked, jnp.arange(cfg.num_layers)), cfg.num_layers,
+                                           cfg.scan_layers)
+  return x_BxTxD, KVCache(keys, values, key_mask_BxS, write_index + seq_len)
 
 
 def _run_layers(body: Callable, x, xs, num_layers: int, scan: bool):
@@ -160,9 +191,16 @@ def _run_layers(body: Callable, x, xs, num_layers: int, scan: bool):
   return x, jax.tree.map(lambda *a: jnp.stack(a), *outputs) if outputs[0] is not None else None
 
 
+def attention(cfg: ModelConfig, q_BxTxNxH: jax.Array, keys_BxSxKxH: jax.Array, values_BxSxKxH: jax.Array,
+              mask_Bx1xTxS: jax.Array) -> jax.Array:
+  return jax.nn.dot_product_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask=mask_Bx1xTxS,
+                                      scale=1.0 / math.sqrt(cfg.head_dim))
+
+
 def decoder_layer(cfg: ModelConfig, params: dict[str, jax.Array], x_BxTxD: jax.Array, cos_BxTxH: jax.Array,
-                  sin_BxTxH: jax.Array, attn_mask_Bx1xTxS: jax.Array, cached_kv, write_index):
-  """Pre-norm attention + SwiGLU MLP block; returns the new residual stream and this layer's keys/values."""
+                  sin_BxTxH: jax.Array, attend: Callable) -> tuple[jax.Array, Any]:
+  """Pre-norm attention + SwiGLU MLP block. `attend(q, k, v) -> (attention output, aux)` gets this layer's new keys
+  and values (a cached call also writes them to its cache: aux); returns the new residual stream and aux."""
   dtype = cfg.compute_jnp_dtype
   p = {name: value.astype(dtype) for name, value in params.items()}
   h_BxTxD = rms_norm(x_BxTxD, p["attn_norm"], cfg.rms_norm_eps)
@@ -176,21 +214,14 @@ def decoder_layer(cfg: ModelConfig, params: dict[str, jax.Array], x_BxTxD: jax.A
     k_BxTxKxH = rms_norm(k_BxTxKxH, p["k_norm"], cfg.rms_norm_eps)
   q_BxTxNxH = apply_rope(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
   k_BxTxKxH = apply_rope(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
-  if cached_kv is None:
-    keys_BxSxKxH, values_BxSxKxH = k_BxTxKxH, v_BxTxKxH
-  else:
-    keys_BxSxKxH = jax.lax.dynamic_update_slice(cached_kv[0], k_BxTxKxH, (0, write_index, 0, 0))
-    values_BxSxKxH = jax.lax.dynamic_update_slice(cached_kv[1], v_BxTxKxH, (0, write_index, 0, 0))
-  attn_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask=attn_mask_Bx1xTxS,
-                                              scale=1.0 / math.sqrt(cfg.head_dim))
+  attn_BxTxNxH, aux = attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
   out_BxTxD = jnp.einsum("btnh,nhd->btd", attn_BxTxNxH, p["o"])
   if cfg.o_bias:
     out_BxTxD = out_BxTxD + p["o_bias"]
   x_BxTxD = x_BxTxD + out_BxTxD
   h_BxTxD = rms_norm(x_BxTxD, p["mlp_norm"], cfg.rms_norm_eps)
   gated_BxTxF = jax.nn.silu(h_BxTxD @ p["gate"]) * (h_BxTxD @ p["up"])
-  x_BxTxD = x_BxTxD + gated_BxTxF @ p["down"]
-  return x_BxTxD, (keys_BxSxKxH, values_BxSxKxH)
+  return x_BxTxD + gated_BxTxF @ p["down"], aux
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
