@@ -192,7 +192,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prompt.history": _at_least(-1),
     "sampling.temperature": _at_least(0), "sampling.eval_temperature": _at_least(0), "sampling.top_k": _at_least(0),
     "sampling.top_p": _between(0, 1, open_low=True), "sampling.max_new_tokens": _at_least(1),
-    "sampling.max_prompt_len": _at_least(1),
+    "sampling.max_prompt_len": _at_least(1), "sampling.eval_rows": _at_least(1),
     "batch.max_len": _at_least(2), "batch.max_obs_tokens": _at_least(0), "batch.micro_batch": _at_least(1),
     "batch.mini_batch": _at_least(1),
     "algo.name": _one_of(ADVANTAGES), "algo.group_size": _at_least(1), "algo.groups_per_update": _at_least(1),

@@ -94,9 +94,9 @@ def run_episodes(pool: EnvPool, env_cls: type[TextEnv], sampler: Sampler, params
   """Plays `group_size` episodes of every task (in waves of at most `pool.num_envs`); returns turns and episodes.
 
   Sampling keys: one per sampler call, split from `rng` wave by wave. `worker_independent` (evaluation panels): a key
-  per episode and turn (`turn_keys`) and sampler calls of one fixed size (the number of episodes), so an episode's
-  draws and tokens, and so its outcome, do not depend on the waves (the pool's size) nor on which other episodes
-  share a sampler call.
+  per episode and turn (`turn_keys`) and sampler calls of one fixed size (`sampling_cfg.eval_rows`, or the number of
+  episodes when fewer), so an episode's draws and tokens, and so its outcome, do not depend on the waves (the pool's
+  size) nor on which other episodes share a sampler call.
   """
   specs = [(g, i, task) for g, task in enumerate(tasks) for i in range(group_size)]
   turns: list[Turn] = []
@@ -108,7 +108,7 @@ def run_episodes(pool: EnvPool, env_cls: type[TextEnv], sampler: Sampler, params
     rng, wave_rng = jax.random.split(rng)
     wave_turns, wave_episodes = _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampling_cfg,
                                           episode_rng if worker_independent else wave_rng, params_version, stats,
-                                          len(specs) if worker_independent else 0)
+                                          min(len(specs), sampling_cfg.eval_rows) if worker_independent else 0)
     turns += wave_turns
     episodes += wave_episodes
   return turns, episodes, stats

@@ -33,6 +33,9 @@ class SamplingConfig:
   max_new_tokens: int = 512
   max_prompt_len: int = 2048  # the run's prompt cap (the Sampler's length buckets go up to it)
   eval_temperature: float = 0.4  # evaluation's temperature (the paper's); `for_eval()` samples with it
+  # Rows of every evaluation sampler call (fewer eval episodes: that many): one fixed shape, so that each eval task's
+  # outcome does not depend on env.num_envs. More prompts are decoded in several calls; lower it to save memory.
+  eval_rows: int = 64
 
   def for_eval(self) -> SamplingConfig:
     return dataclasses.replace(self, temperature=self.eval_temperature)
@@ -226,16 +229,20 @@ class Sampler:
     """Samples one completion per prompt; returns per row `tokens`, `logprobs`, `entropy` (numpy, unpadded).
 
     `rng`: one key for the call, or one per prompt (a prompt's draws then do not depend on the other prompts).
-    `rows` > 0: decode in the batch bucket of `rows` (>= len(prompts)) whatever the number of prompts. The compiled
-    kernels, and so their rounding, depend on the batch size; with both, a prompt's completion does not depend on
-    which or how many other prompts share the call."""
+    `rows` > 0: decode in calls of exactly the batch bucket of `rows` rows (several calls for more prompts), whatever
+    the number of prompts. The compiled kernels, and so their rounding, depend on the batch size; with a key per
+    prompt and `rows`, a prompt's completion does not depend on which or how many other prompts share the call."""
     if not prompts:
       return []
     too_long = [len(p) for p in prompts if len(p) > self.max_prompt_len]
     if too_long or any(len(p) == 0 for p in prompts):
       raise ValueError(f"prompt lengths must be in [1, {self.max_prompt_len}]; got {too_long or 'an empty prompt'}")
-    if rows and rows < len(prompts):
-      raise ValueError(f"rows={rows}: expected >= the number of prompts ({len(prompts)})")
+    if rng.ndim and rng.shape != (len(prompts),):
+      raise ValueError(f"rng: expected one key or one per prompt ({len(prompts)}), got shape {rng.shape}")
+    if rows and len(prompts) > rows:
+      return [result for start in range(0, len(prompts), rows)
+              for result in self(params, prompts[start:start + rows],
+                                 rng[start:start + rows] if rng.ndim else jax.random.fold_in(rng, start), cfg, rows)]
     batch = _bucket(max(len(prompts), rows), self.batch_buckets)
     length = _bucket(max(len(p) for p in prompts), self.length_buckets)
     prompt_BxP = np.full((batch, length), self.pad_id, np.int32)
@@ -245,8 +252,6 @@ class Sampler:
       mask_BxP[row, length - len(prompt):] = True
     mask_BxP[len(prompts):, -1] = True  # filler rows: one real token, so no row attends to nothing
     if rng.ndim:
-      if rng.shape != (len(prompts),):
-        raise ValueError(f"rng: expected one key or one per prompt ({len(prompts)}), got shape {rng.shape}")
       rng = jnp.concatenate([rng, jnp.broadcast_to(rng[:1], (batch - len(prompts),))])  # filler rows: any key
     out = jax.device_get(generate(self.graphdef, params, prompt_BxP, mask_BxP, rng, self._stop_table, self._eos_ids,
                                   self.pad_id, cfg))

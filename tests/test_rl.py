@@ -47,7 +47,8 @@ def test_eval_panel_and_outcomes_do_not_depend_on_the_number_of_env_workers(tmp_
     program.start()  # a warmed-up policy: valid moves, so episodes end in different ways
   outcomes = {}
   for temperature in (0.0, 0.4):
-    run.config = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling,
+    # Calls of 4 rows: one episode in each (one worker), or the eight of a wave in two (eight workers).
+    run.config = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, eval_rows=4,
                                                                           eval_temperature=temperature))
     for workers, in_process in ((1, True), (8, False)):  # one slot in this process; eight worker processes
       with EnvPool("frozenlake", workers, dict(config.env.kwargs), in_process=in_process) as pool:

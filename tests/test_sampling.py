@@ -95,10 +95,12 @@ def test_a_key_per_prompt_and_fixed_rows_make_a_completion_independent_of_its_ba
     np.testing.assert_array_equal(alone["logprobs"], together[i]["logprobs"])
   one_key = sampler(nnx.state(model), PROMPTS, jax.random.key(5), cfg)  # one key: rows share the call's stream
   assert any(a["tokens"].tolist() != b["tokens"].tolist() for a, b in zip(one_key, together))
+  in_calls_of_two = sampler(nnx.state(model), PROMPTS, keys, cfg, rows=2)  # two calls of 2 rows
+  alone = [sampler(nnx.state(model), [p], keys[i:i + 1], cfg, rows=2)[0] for i, p in enumerate(PROMPTS)]
+  for a, b in zip(in_calls_of_two, alone):
+    np.testing.assert_array_equal(a["logprobs"], b["logprobs"])
   with pytest.raises(ValueError, match="one key or one per prompt"):
     sampler(nnx.state(model), PROMPTS, keys[:2], cfg)
-  with pytest.raises(ValueError, match="rows=2"):
-    sampler(nnx.state(model), PROMPTS, keys, cfg, rows=2)
 
 
 def test_top_p_never_samples_outside_the_nucleus():
