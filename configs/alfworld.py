@@ -1,7 +1,7 @@
 """ALFWorld as in the PaW paper (Appendix A): Qwen2.5-Instruct, GRPO/GiGPO (+ PaW), 150 updates of 16 tasks x 8.
 
 Variants (paw_jax/paper_configs.py): model=qwen2.5-1.5b (default) | qwen2.5-7b | ..., model_dir=PATH,
-algo=grpo (default) | gigpo | rloo | ppo, paw=on (default) | off | ce | lambda1.
+algo=grpo (default) | gigpo | rloo | ppo, paw=on (default) | off | ce | lambda1 | echo | placebo.
 
   # single host (all local devices, FSDP); the checkpoint is read from ~/models/Qwen/Qwen2.5-1.5B-Instruct
   python -m paw_jax.main --config=configs/alfworld.py:model=qwen2.5-1.5b,algo=gigpo,paw=on

@@ -2,6 +2,11 @@
 
   python -m paw_jax.main --config=configs/default.py --config.workdir=runs/default
   python -m paw_jax.main --config=configs/default.py:ci   # minutes-sized, for the test suite
+  python -m paw_jax.main --config=configs/default.py:paw=echo,setting=lake4 --config.workdir=runs/echo-lake4
+
+Variants (comma-separated): ci (the minutes-sized run), paw=on (default) | off | ce | lambda1 | echo | placebo
+(algos.paw.VARIANTS), setting=lake3 (default: random 3x3 maps, a line names the hazards next to the player) | lake4
+(random 4x4 maps without that line: the policy must read the map).
 
 Why these values: the model (~0.5M params, Qwen3 architecture, BPE vocab 1024 trained on the env's own text) is
 small enough to update in seconds on 2 cores; FrozenLake's observation is the whole state, so no history is needed
@@ -12,16 +17,28 @@ the dynamics (without it, a fresh model's clipped-MAE WM loss sits at p ≈ 0, w
 moves carry no task signal: which move wins is left to RL. The learning rate is the scale that moves a fresh small
 model (the paper's 1e-6 is for 1.5B+); with Qwen3's q/k norms 1e-3 is stable (it collapsed without them).
 """
+from paw_jax import paper_configs
+from paw_jax.algos.paw import VARIANTS
 from paw_jax.config import base_config
+
+SETTINGS = {  # setting=NAME: the env's kwargs
+    # random 3x3 maps: 9% random-policy success, enough reward signal to learn from on a CPU
+    "lake3": dict(size=3, hole_prob=0.2, max_steps=8),
+    # random 4x4 maps, no line naming the holes and edges next to the player: the policy must find them on the map
+    "lake4": dict(size=4, hole_prob=0.2, max_steps=12, hazard_hint=False),
+}
+DEFAULTS = dict(paw="on", setting="lake3")
 
 
 def get_config(arg: str = ""):
+  items = [item.strip() for item in (arg or "").split(",") if item.strip()]
+  ci = "ci" in items
+  v = paper_configs.parse_variant(",".join(item for item in items if item != "ci"), **DEFAULTS)
+  paw, setting = paper_configs.choice(v, "paw", VARIANTS), paper_configs.choice(v, "setting", SETTINGS)
   c = base_config()
-  c.workdir = "runs/default"
+  c.workdir = "runs/" + "-".join(["ci" if ci else "default", *(f"{k}_{x}" for k, x in v.items() if x != DEFAULTS[k])])
   c.env.name = "frozenlake"
-  c.env.kwargs.size = 3  # random 3x3 maps: 9% random-policy success, enough reward signal to learn from on a CPU
-  c.env.kwargs.hole_prob = 0.2
-  c.env.kwargs.max_steps = 8
+  c.env.kwargs.update(SETTINGS[setting])
   c.env.num_envs = 128
   c.env.in_process = True  # a pure-Python step costs less than a message to a worker
   c.prompt.history = 0
@@ -53,8 +70,8 @@ def get_config(arg: str = ""):
   c.train.eval_every = 5
   c.train.eval_episodes = 100
   c.train.checkpoint_every = 5
-  if arg == "ci":
-    c.workdir = "runs/ci"
+  c.paw.update(VARIANTS[paw])
+  if ci:
     c.train.updates = 8
     c.train.eval_every = 4
     c.train.eval_episodes = 32

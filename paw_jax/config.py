@@ -23,7 +23,7 @@ import ml_collections
 
 from paw_jax.algos.advantages import ADVANTAGES, AdvantageConfig
 from paw_jax.algos.losses import POLICY_LOSSES, WM_LOSSES, LossConfig
-from paw_jax.algos.paw import ENTROPY_MODES, PawConfig
+from paw_jax.algos.paw import ENTROPY_MODES, NORMALISE_MODES, TARGET_MODES, PawConfig
 from paw_jax.algos.rewards import SIMILARITY_REWARDS
 from paw_jax.envs import ENV_NAMES, env_class
 from paw_jax.models.config import SUPPORTED_MODEL_TYPES
@@ -224,7 +224,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prompt.history": _at_least(-1),
     "sampling.temperature": _at_least(0), "sampling.eval_temperature": _at_least(0), "sampling.top_k": _at_least(0),
     "sampling.top_p": _between(0, 1, open_low=True), "sampling.max_new_tokens": _at_least(1),
-    "sampling.max_prompt_len": _at_least(1),
+    "sampling.max_prompt_len": _at_least(1), "sampling.eval_rows": _at_least(1),
     "batch.max_len": _at_least(2), "batch.max_obs_tokens": _at_least(0), "batch.micro_batch": _at_least(1),
     "batch.mini_batch": _at_least(1),
     "algo.name": _one_of(ADVANTAGES), "algo.group_size": _at_least(1), "algo.groups_per_update": _at_least(1),
@@ -235,6 +235,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "algo.adv.eps": _POSITIVE, "algo.adv.step_gamma": _between(0, 1), "algo.adv.step_similarity": _between(0, 1),
     "algo.adv.gae_gamma": _between(0, 1), "algo.adv.gae_lambda": _between(0, 1),
     "paw.alpha": _between(0, 1), "paw.entropy": _one_of(ENTROPY_MODES), "paw.wm_loss": _one_of(WM_LOSSES),
+    "paw.normalise": _one_of(NORMALISE_MODES), "paw.targets": _one_of(TARGET_MODES), "paw.wm_coef": _at_least(0),
     "optim.learning_rate": _POSITIVE, "optim.warmup_steps": _at_least(0), "optim.decay_steps": _at_least(0),
     "optim.final_lr_fraction": _between(0, 1), "optim.weight_decay": _at_least(0), "optim.b1": _between(0, 1),
     "optim.b2": _between(0, 1), "optim.grad_clip": _POSITIVE,

@@ -5,7 +5,9 @@ A variant string is comma-separated key=value pairs, e.g. `configs/webshop.py:mo
   model_dir  the checkpoint directory; default $PAW_MODEL_DIR/<HF repo id>, PAW_MODEL_DIR defaulting to ~/models
              (so `huggingface-cli download Qwen/Qwen2.5-1.5B-Instruct --local-dir ~/models/Qwen/Qwen2.5-1.5B-Instruct`)
   algo       a name of algos.advantages.ADVANTAGES: grpo | gigpo | rloo | ppo (GAE with a critic)
-  paw        on (PaW) | off (the base algorithm) | ce (ablation: CE instead of clipped MAE) | lambda1 (ablation: λ=1)
+  paw        a name of algos.paw.VARIANTS: on (PaW) | off (the base algorithm) | ce (ablation: CE instead of
+             clipped MAE) | lambda1 (ablation: λ=1) | echo (ECHO: CE on every observation token, coefficient 0.05)
+             | placebo (PaW on next observations shuffled across rows)
 A config file may add keys of its own; an unknown key or value is a ValueError that names the known ones.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import ml_collections
 
 from paw_jax.algos.advantages import ADVANTAGES
+from paw_jax.algos.paw import VARIANTS
 from paw_jax.config import base_config
 
 MODELS = {  # variant name -> HF repo id (the paper's models)
@@ -25,7 +28,6 @@ MODELS = {  # variant name -> HF repo id (the paper's models)
     "qwen3-1.7b": "Qwen/Qwen3-1.7B",
     "llama3.2-3b": "meta-llama/Llama-3.2-3B-Instruct",
 }
-PAW_MODES = ("on", "off", "ce", "lambda1")
 
 
 def parse_variant(arg: str, **defaults: str) -> dict[str, str]:
@@ -64,7 +66,7 @@ def paper_config(env: str, arg: str, default_model: str,
   `extra_keys`: the config file's own variant keys with their defaults.
   """
   v = parse_variant(arg, model=default_model, model_dir="", algo="grpo", paw="on", **extra_keys)
-  model, algo, paw = choice(v, "model", MODELS), choice(v, "algo", ADVANTAGES), choice(v, "paw", PAW_MODES)
+  model, algo, paw = choice(v, "model", MODELS), choice(v, "algo", ADVANTAGES), choice(v, "paw", VARIANTS)
   c = base_config()
   c.workdir = f"runs/{env}/{model}-{algo}-paw_{paw}"  # one variant, one workdir: auto-resume never mixes runs
   c.env.name = env
@@ -102,11 +104,9 @@ def paper_config(env: str, arg: str, default_model: str,
   c.algo.adv.gae_gamma = c.algo.adv.gae_lambda = 1.0  # PPO: verl's defaults
   c.critic.learning_rate = 1e-5  # PPO's critic (the paper's); its value clip is verl's 0.5
 
-  c.paw.enabled = paw != "off"
   c.paw.alpha = 0.75  # top 75% of the update's transitions by action entropy get the WM loss
   c.paw.entropy = "full"
-  c.paw.wm_loss = "ce" if paw == "ce" else "cmae"
-  c.paw.adaptive = paw != "lambda1"  # λ_g = 1 − R̄_g / R_max; 'lambda1' is the ablation's constant λ = 1
+  c.paw.update(VARIANTS[paw])  # the variant's changes from full PaW (λ_g = 1 − R̄_g / R_max, clipped MAE)
 
   c.optim.learning_rate = 1e-6  # actor lr
   c.optim.warmup_steps = 0

@@ -12,6 +12,7 @@ import time
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from paw_jax.envs.base import Task, TextEnv, parse_action
@@ -83,24 +84,41 @@ def build_prompt(tokenizer: Tokenizer, env_cls: type[TextEnv], cfg: PromptConfig
 
 def run_episodes(pool: EnvPool, env_cls: type[TextEnv], sampler: Sampler, params: Any, tokenizer: Tokenizer,
                  tasks: Sequence[Task], group_size: int, prompt_cfg: PromptConfig, sampling_cfg: SamplingConfig,
-                 rng: jax.Array, params_version: int = 0) -> tuple[list[Turn], list[Episode], RolloutStats]:
-  """Plays `group_size` episodes of every task (in waves of at most `pool.num_envs`); returns turns and episodes."""
+                 rng: jax.Array, params_version: int = 0,
+                 worker_independent: bool = False) -> tuple[list[Turn], list[Episode], RolloutStats]:
+  """Plays `group_size` episodes of every task (in waves of at most `pool.num_envs`); returns turns and episodes.
+
+  Sampling keys: one per sampler call, split from `rng` wave by wave. `worker_independent` (evaluation panels): a key
+  per episode and turn (`turn_keys`) and sampler calls of one fixed size (`sampling_cfg.eval_rows`, or the number of
+  episodes when fewer), so an episode's draws and tokens, and so its outcome, do not depend on the waves (the pool's
+  size) nor on which other episodes share a sampler call.
+  """
   specs = [(g, i, task) for g, task in enumerate(tasks) for i in range(group_size)]
   turns: list[Turn] = []
   episodes: list[Episode] = []
   stats = RolloutStats()
+  episode_rng = rng
   for start in range(0, len(specs), pool.num_envs):
     wave = specs[start:start + pool.num_envs]
     rng, wave_rng = jax.random.split(rng)
     wave_turns, wave_episodes = _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampling_cfg,
-                                          wave_rng, params_version, stats)
+                                          episode_rng if worker_independent else wave_rng, params_version, stats,
+                                          min(len(specs), sampling_cfg.eval_rows) if worker_independent else 0)
     turns += wave_turns
     episodes += wave_episodes
   return turns, episodes, stats
 
 
+def turn_keys(rng: jax.Array, group_B: Sequence[int], traj_B: Sequence[int], step_B: Sequence[int]) -> jax.Array:
+  """One sampling key per row: fold_in(rng, group, trajectory, turn)."""
+  def key(group, traj, step):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(rng, group), traj), step)
+  return jax.vmap(key)(*(jnp.asarray(x, jnp.uint32) for x in (group_B, traj_B, step_B)))
+
+
 def _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampling_cfg, rng, params_version,
-              stats) -> tuple[list[Turn], list[Episode]]:
+              stats, fixed_rows: int) -> tuple[list[Turn], list[Episode]]:
+  """`fixed_rows` > 0: every sampler call has that many rows, with a key per episode and turn."""
   start = time.perf_counter()
   resets = pool.reset([(slot, task) for slot, (_, _, task) in enumerate(wave)])
   stats.env_s += time.perf_counter() - start
@@ -125,9 +143,12 @@ def _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampl
       playable.append(episode)
     if not playable:
       break
-    rng, turn_rng = jax.random.split(rng)
+    if fixed_rows:
+      turn_rng = turn_keys(rng, *zip(*((e.episode.group_id, e.episode.traj_id, e.episode.length) for e in playable)))
+    else:
+      rng, turn_rng = jax.random.split(rng)
     start = time.perf_counter()
-    samples = sampler(params, prompts, turn_rng, sampling_cfg)
+    samples = sampler(params, prompts, turn_rng, sampling_cfg, rows=fixed_rows)
     stats.sample_s += time.perf_counter() - start
     replies = [tokenizer.decode(s["tokens"].tolist(), skip_special_tokens=True) for s in samples]
     start = time.perf_counter()

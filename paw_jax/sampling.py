@@ -42,6 +42,9 @@ class SamplingConfig:
   max_new_tokens: int = 512
   max_prompt_len: int = 2048  # the run's prompt cap (the Sampler's length buckets go up to it)
   eval_temperature: float = 0.4  # evaluation's temperature (the paper's); `for_eval()` samples with it
+  # Rows of every evaluation sampler call (fewer eval episodes: that many): one fixed shape, so that each eval task's
+  # outcome does not depend on env.num_envs. More prompts are decoded in several calls; lower it to save memory.
+  eval_rows: int = 64
 
   def for_eval(self) -> SamplingConfig:
     return dataclasses.replace(self, temperature=self.eval_temperature)
@@ -98,8 +101,19 @@ def stop_string_table(token_bytes: Sequence[bytes], stop_strings: Sequence[str])
 
 
 # --- one decoding step's sampling ------------------------------------------------------------------------------
+def split_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(next, this step's) keys from one key for the whole batch, or from a key per row (shape [B]): then each row
+  draws from its own stream, whatever the batch it is decoded in."""
+  if rng.ndim == 0:
+    next_rng, step_rng = jax.random.split(rng)
+    return next_rng, step_rng
+  pairs_Bx2 = jax.vmap(jax.random.split)(rng)
+  return pairs_Bx2[:, 0], pairs_Bx2[:, 1]
+
+
 def sample_logits(rng: jax.Array, logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
-  """Draws a token per row: greedy at T = 0, else from softmax(logits/T) restricted by top-k and top-p."""
+  """Draws a token per row: greedy at T = 0, else from softmax(logits/T) restricted by top-k and top-p; `rng` is one
+  key for the batch or one per row."""
   if cfg.temperature == 0:
     return jnp.argmax(logits_BxV, axis=-1)
   scaled_BxV = logits_BxV / cfg.temperature
@@ -114,6 +128,8 @@ def sample_logits(rng: jax.Array, logits_BxV: jax.Array, cfg: SamplingConfig) ->
     in_nucleus_BxV = mass_before_BxV < cfg.top_p
     threshold_Bx1 = jnp.min(jnp.where(in_nucleus_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
     scaled_BxV = jnp.where(scaled_BxV < threshold_Bx1, -jnp.inf, scaled_BxV)
+  if rng.ndim:
+    return jax.vmap(jax.random.categorical)(rng, scaled_BxV)
   return jax.random.categorical(rng, scaled_BxV, axis=-1)
 
 
@@ -191,7 +207,7 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array, p
   def record(carry, logits_BxV, step):
     """Samples this step's token and writes it (masked once a row is done); carry = (rng, done, stop state, out)."""
     rng, done_B, stop_state_B, out = carry
-    rng, step_rng = jax.random.split(rng)
+    rng, step_rng = split_keys(rng)
     token_B = sample_logits(step_rng, logits_BxV, cfg)
     # Greedy decoding (T = 0) reports the T = 1 distribution's log-probs.
     logprob_B, entropy_B = logprobs_from_logits(logits_BxV, token_B, cfg.temperature or 1.0, with_entropy=True)
@@ -293,15 +309,26 @@ class Sampler:
     return cls(graphdef, tokenizer.token_bytes(), eos_ids=tokenizer.stop_token_ids, pad_id=tokenizer.pad_token_id,
                stop_strings=tuple(stop_strings), max_prompt_len=max_prompt_len, vocab_size=vocab_size, mesh=mesh)
 
-  def __call__(self, params: nnx.State, prompts: Sequence[Sequence[int]], rng: jax.Array,
-               cfg: SamplingConfig) -> list[dict[str, np.ndarray]]:
-    """Samples one completion per prompt; returns per row `tokens`, `logprobs`, `entropy` (numpy, unpadded)."""
+  def __call__(self, params: nnx.State, prompts: Sequence[Sequence[int]], rng: jax.Array, cfg: SamplingConfig,
+               rows: int = 0) -> list[dict[str, np.ndarray]]:
+    """Samples one completion per prompt; returns per row `tokens`, `logprobs`, `entropy` (numpy, unpadded).
+
+    `rng`: one key for the call, or one per prompt (a prompt's draws then do not depend on the other prompts).
+    `rows` > 0: decode in calls of exactly the batch bucket of `rows` rows (several calls for more prompts), whatever
+    the number of prompts. The compiled kernels, and so their rounding, depend on the batch size; with a key per
+    prompt and `rows`, a prompt's completion does not depend on which or how many other prompts share the call."""
     if not prompts:
       return []
     too_long = [len(p) for p in prompts if len(p) > self.max_prompt_len]
     if too_long or any(len(p) == 0 for p in prompts):
       raise ValueError(f"prompt lengths must be in [1, {self.max_prompt_len}]; got {too_long or 'an empty prompt'}")
-    batch = _bucket(len(prompts), self.batch_buckets)
+    if rng.ndim and rng.shape != (len(prompts),):
+      raise ValueError(f"rng: expected one key or one per prompt ({len(prompts)}), got shape {rng.shape}")
+    if rows and len(prompts) > rows:
+      return [result for start in range(0, len(prompts), rows)
+              for result in self(params, prompts[start:start + rows],
+                                 rng[start:start + rows] if rng.ndim else jax.random.fold_in(rng, start), cfg, rows)]
+    batch = _bucket(max(len(prompts), rows), self.batch_buckets)
     length = _bucket(max(len(p) for p in prompts), self.length_buckets)
     prompt_BxP = np.full((batch, length), self.pad_id, np.int32)
     mask_BxP = np.zeros((batch, length), bool)
@@ -309,6 +336,8 @@ class Sampler:
       prompt_BxP[row, length - len(prompt):] = prompt
       mask_BxP[row, length - len(prompt):] = True
     mask_BxP[len(prompts):, -1] = True  # filler rows: one real token, so no row attends to nothing
+    if rng.ndim:
+      rng = jnp.concatenate([rng, jnp.broadcast_to(rng[:1], (batch - len(prompts),))])  # filler rows: any key
     inputs = {"prompt_BxP": prompt_BxP, "mask_BxP": mask_BxP}
     if self.mesh is not None:  # each device receives its own rows
       inputs = sharding.shard_rows(inputs, self.mesh)

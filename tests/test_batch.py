@@ -1,6 +1,7 @@
 """Training rows and `prepare` on real tokenized turns: the three masks, causal independence of the action from
-o_{t+1}, the fixed order of preparation (device passes before credit, a seeded shuffle, Eq. 11's balance per
-mini-batch), separate sampler / trainer log-probs and host-only fields kept off the device."""
+o_{t+1}, the fixed order of preparation (device passes before credit, a seeded shuffle, Eq. 11's balance in every
+optimizer step, a partial last mini-batch included), the placebo's shuffled targets, separate sampler / trainer
+log-probs and host-only fields kept off the device."""
 import dataclasses
 
 import jax
@@ -10,9 +11,11 @@ import pytest
 from flax import nnx
 
 from paw_jax.algos.losses import LossConfig, total_loss
-from paw_jax.algos.paw import PawConfig, paw_weights
-from paw_jax.batch import TrainBatch, micro_batches, pack_rows, prepare
+from paw_jax.algos.paw import PawConfig, paw_weights, shuffled_observations
+from paw_jax.batch import PLACEBO_STREAM, TrainBatch, micro_batches, pack_rows, prepare
 from paw_jax.config import AlgoConfig, BatchConfig, Config
+from paw_jax.envs.base import Task
+from paw_jax.envs.frozenlake import FrozenLakeEnv
 from paw_jax.learner import jit_logprobs
 from paw_jax.prompts import PromptConfig
 
@@ -59,7 +62,7 @@ def test_prepare_runs_device_passes_first_then_credit_then_a_seeded_shuffle(froz
   order = np.random.default_rng([CONFIG.seed, 3]).permutation(packed.num_rows)
   np.testing.assert_array_equal(batch.tokens_BxT, packed.tokens_BxT[order])
   np.testing.assert_array_equal(batch.trainer_logp_BxT, batch.sampler_logp_BxT + 1.0)  # moved with its row
-  # PaW weights of the pool, times the mini-batch count: each optimizer step keeps Eq. 11's RL : WM ratio.
+  # Eq. 11's weights of the pool (one step), times T / T_m for the mini-batch m each row lands in.
   group_B = np.full(packed.num_rows, -1)
   traj_B = np.full(packed.num_rows, -1)
   group_B[:len(turns)] = [t.group_id for t in turns]
@@ -70,11 +73,84 @@ def test_prepare_runs_device_passes_first_then_credit_then_a_seeded_shuffle(froz
   weight_B, expected_metrics = paw_weights(
       CONFIG.paw, 10.0, token_entropy_BxT=packed.entropy_BxT, sampled_logp_BxT=packed.sampler_logp_BxT,
       action_mask_BxT=packed.action_mask_BxT, obs_mask_BxT=packed.obs_mask_BxT, valid_B=packed.valid_B,
-      group_id_B=group_B, traj_id_B=traj_B, episode_return_B=return_B)
-  num_mini_batches = -(-packed.num_rows // BATCH.mini_batch)
-  assert num_mini_batches > 1
-  np.testing.assert_allclose(batch.wm_weight_B, weight_B[order] * num_mini_batches, rtol=1e-6)
+      group_id_B=group_B, traj_id_B=traj_B, episode_return_B=return_B, step_B=np.zeros(packed.num_rows, int))
+  tokens_B = batch.action_mask_BxT.sum(axis=1)
+  step_tokens = [tokens_B[start:start + BATCH.mini_batch].sum() for start in range(0, batch.num_rows, BATCH.mini_batch)]
+  assert len(step_tokens) > 1
+  share_B = np.array([tokens_B.sum() / step_tokens[i // BATCH.mini_batch] for i in range(batch.num_rows)])
+  np.testing.assert_allclose(batch.wm_weight_B, weight_B[order] * share_B, rtol=1e-6)
   assert metrics == expected_metrics
+
+
+def test_every_optimizer_step_keeps_eq11_balance_with_a_partial_last_mini_batch(frozenlake_rollout):
+  """Each mini-batch's loss (the real `total_loss` on its rows) is T / T_m times its rows' part of the update's
+  L = L_RL + Eq. 11's WM term, derived here in numpy: the RL : WM ratio holds in every step, the partial last one
+  included, and the steps weighted by their token shares add up to L."""
+  tokenizer, _, turns, episodes = frozenlake_rollout
+  num_rows = pack_rows(turns, tokenizer, BATCH, with_observation=True).num_rows
+  mini = next(m for m in range(8, num_rows, 4) if num_rows % m and num_rows // m >= 2)  # a partial last one
+  config = dataclasses.replace(CONFIG, batch=dataclasses.replace(BATCH, mini_batch=mini))
+  batch, _ = prepare(turns, episodes, tokenizer, config, 10.0, lambda rows: None, update_index=1)
+  # Eq. 11's weights (one step over the whole pool), put in the batch's shuffled order.
+  eq11_cfg = dataclasses.replace(config, batch=dataclasses.replace(BATCH, mini_batch=num_rows))
+  eq11_B = prepare(turns, episodes, tokenizer, eq11_cfg, 10.0, lambda rows: None, update_index=1)[0].wm_weight_B
+  # log p = old log p on the actions (ratio 1: a token's PPO loss is −A), p ∈ [0.02, 0.5] on the observations.
+  rng = np.random.default_rng(0)
+  logp_BxT = np.where(batch.obs_mask_BxT, np.log(rng.uniform(0.02, 0.5, batch.obs_mask_BxT.shape)),
+                      batch.sampler_logp_BxT).astype(np.float32)
+  rl_B = -batch.advantage_B * batch.action_mask_BxT.sum(axis=1)  # Σ over a row's action tokens of −A
+  wm_B = np.zeros(batch.num_rows)  # the row's clipped MAE, in numpy
+  for b in range(batch.num_rows):
+    p = np.exp(logp_BxT[b][batch.obs_mask_BxT[b]].astype(np.float64))
+    wm_B[b] = np.sum((1 - p) * (p <= 0.2)) / max(len(p), 1)
+  tokens = batch.action_mask_BxT.sum()
+  full = rl_B.sum() / tokens + np.dot(eq11_B, wm_B)  # the update's L
+
+  cfg = LossConfig(kl_coef=0.0)
+  steps = list(batch.mini_batches(mini, BATCH.micro_batch, "sampler"))
+  assert len(steps) == -(-batch.num_rows // mini) and batch.num_rows % mini
+  weighted = 0.0
+  for m, inputs in enumerate(steps):
+    inputs = {k: v.reshape(-1, *v.shape[2:]) for k, v in inputs.items()}
+    real = slice(m * mini, min((m + 1) * mini, batch.num_rows))
+    logp = np.zeros_like(inputs["old_logp_BxT"])
+    logp[:real.stop - real.start] = logp_BxT[real]
+    step_tokens = inputs["action_mask_BxT"].sum()
+    loss, metrics = total_loss(jnp.asarray(logp), inputs, cfg, step_tokens, wm_loss="cmae")
+    rl_part, wm_part = rl_B[real].sum() / tokens, np.dot(eq11_B[real], wm_B[real])  # the rows' parts of L
+    assert float(metrics["policy_loss"]) == pytest.approx(rl_part * tokens / step_tokens, rel=1e-5)
+    assert float(metrics["wm/weighted_loss"]) == pytest.approx(wm_part * tokens / step_tokens, rel=1e-5)
+    weighted += float(loss) * step_tokens / tokens
+  assert weighted == pytest.approx(full, rel=1e-5)
+
+
+def test_placebo_is_paw_on_next_observations_shuffled_across_the_update(frozenlake_rollout):
+  tokenizer, _, turns, episodes = frozenlake_rollout
+  # A random model's replies are all invalid (one next observation for every row): give the rows distinct ones, real
+  # maps of other tasks, and two rows none (terminal steps).
+  env = FrozenLakeEnv(max_steps=4)
+  turns = [dataclasses.replace(t, next_observation="" if i in (5, 9) else env.reset(Task("eval", i))[0])
+           for i, t in enumerate(turns)]
+  placebo_cfg = dataclasses.replace(CONFIG, paw=dataclasses.replace(CONFIG.paw, targets="shuffled"))
+  placebo, placebo_metrics = prepare(turns, episodes, tokenizer, placebo_cfg, 10.0, lambda rows: None, update_index=2)
+  true, _ = prepare(turns, episodes, tokenizer, CONFIG, 10.0, lambda rows: None, update_index=2)
+  # The same actions, prompts and credit; other rows' observations after them.
+  np.testing.assert_array_equal(placebo.action_mask_BxT, true.action_mask_BxT)
+  np.testing.assert_array_equal(placebo.tokens_BxT[placebo.action_mask_BxT], true.tokens_BxT[true.action_mask_BxT])
+  np.testing.assert_array_equal(placebo.advantage_B, true.advantage_B)
+  def observations(batch):
+    return [tuple(batch.tokens_BxT[b][batch.obs_mask_BxT[b]]) for b in range(batch.num_rows)]
+  assert sorted(observations(placebo)) == sorted(observations(true))
+  assert sum(a != b for a, b in zip(observations(placebo), observations(true))) > len(turns) // 2
+  assert [len(o) for o in observations(placebo)].count(0) == [len(o) for o in observations(true)].count(0)
+  # Exactly PaW on turns whose next observations were shuffled with the update's placebo stream.
+  shuffled = shuffled_observations([t.next_observation for t in turns],
+                                   np.random.default_rng([CONFIG.seed, 2, PLACEBO_STREAM]))
+  expected, expected_metrics = prepare([dataclasses.replace(t, next_observation=o) for t, o in zip(turns, shuffled)],
+                                       episodes, tokenizer, CONFIG, 10.0, lambda rows: None, update_index=2)
+  for field in ("tokens_BxT", "obs_mask_BxT", "wm_weight_B", "advantage_B"):
+    np.testing.assert_array_equal(getattr(placebo, field), getattr(expected, field))
+  assert placebo_metrics == expected_metrics
 
 
 def test_step_inputs_choose_the_old_logprobs_and_keep_host_fields_on_the_host(frozenlake_rollout):

@@ -1,6 +1,7 @@
 """Config files, their documented variants (config docstrings, launch/, the Colab notebook), the paper's
 hyperparameters and paw_jax.distributed (the launch scripts: tests/test_launch.py; the notebook runs in
 tests/test_notebook.py)."""
+import dataclasses
 import inspect
 import os
 import pathlib
@@ -16,6 +17,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from paw_jax import distributed
+from paw_jax.algos.paw import VARIANTS, PawConfig
 from paw_jax.config import from_configdict
 from paw_jax.envs import Task, env_class
 
@@ -125,6 +127,29 @@ def test_variant_keys_map_to_settings(monkeypatch):
   assert load("smollm2.py:env=sokoban,paw=off").env.name == "sokoban"
 
 
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_paw_variant_is_its_row_of_the_table_in_every_config(name):
+  expected = dataclasses.replace(PawConfig(), **VARIANTS[name])
+  for spec in (f"default.py:paw={name}", f"default.py:ci,paw={name}", f"alfworld.py:paw={name}",
+               f"search_qa.py:paw={name},algo=gigpo", f"smollm2.py:paw={name}"):
+    assert from_configdict(load(spec)).paw == expected, spec
+  assert load(f"webshop.py:paw={name}").workdir == f"runs/webshop/qwen2.5-1.5b-grpo-paw_{name}"
+
+
+def test_default_config_variants():
+  assert (load("default.py").workdir, load("default.py:ci").workdir) == ("runs/default", "runs/ci")
+  ci, plain = load("default.py:ci"), load("default.py")
+  assert (ci.train.updates, plain.train.updates) == (8, 40)
+  assert from_configdict(load("default.py:ci,paw=off")).paw.enabled is False
+  lake4 = load("default.py:setting=lake4,paw=echo")
+  assert lake4.workdir == "runs/default-paw_echo-setting_lake4"
+  assert lake4.env.kwargs.to_dict() == dict(size=4, hole_prob=0.2, max_steps=12, hazard_hint=False)
+  assert load("default.py").env.kwargs.to_dict() == dict(size=3, hole_prob=0.2, max_steps=8)
+  env = env_class("frozenlake")(**lake4.env.kwargs.to_dict())
+  observation, _ = env.reset(Task("eval", 0))
+  assert "Around you" not in observation and len(observation.splitlines()) == 5  # the outcome and the 4x4 map
+
+
 @pytest.mark.parametrize("spec, message", [
     ("alfworld.py:modle=qwen2.5-7b", r"unknown key 'modle'; known keys: model, model_dir, algo, paw"),
     ("webshop.py:model=gpt-5", r"model='gpt-5' is unknown; expected one of qwen2.5-1.5b"),
@@ -132,6 +157,9 @@ def test_variant_keys_map_to_settings(monkeypatch):
     ("alfworld.py:paw", r"expected comma-separated key=value pairs, got 'paw'"),
     ("alfworld.py:paw=on,paw=off", r"key 'paw' given twice"),
     ("smollm2.py:env=alfworld", r"env='alfworld' is unknown; expected one of frozenlake, sokoban"),
+    ("webshop.py:paw=echo2", r"paw='echo2' is unknown; expected one of on, off, ce, lambda1, echo, placebo"),
+    ("default.py:setting=lake5", r"setting='lake5' is unknown; expected one of lake3, lake4"),
+    ("default.py:cl", r"expected comma-separated key=value pairs, got 'cl'"),
 ])
 def test_bad_variant_is_a_clear_value_error(spec, message):
   with pytest.raises(ValueError, match=message):

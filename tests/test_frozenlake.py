@@ -90,6 +90,22 @@ def test_edge_hole_and_goal():
                                "Around you: hole left; edge down, right.", 10.0, True, True)
 
 
+def test_without_the_hazard_hint_the_observation_is_outcome_and_map_only():
+  env = FixedLakeEnv("P_\nOG", hazard_hint=False)
+  assert env.reset(Task())[0] == "You are at the start.\nP _\nO G"
+  assert step(env, "down") == ("You went down. You fell into a hole. Game over.\n_ _\nP G", 0.0, True, False)
+  hinted, plain = FrozenLakeEnv(size=4), FrozenLakeEnv(size=4, hazard_hint=False)
+  for split in ("train", "eval"):  # the same maps and dynamics, one line less
+    for seed in range(5):
+      assert hinted.reset(Task(split, seed))[0].rsplit("\n", 1)[0] == plain.reset(Task(split, seed))[0]
+      for move in ("right", "down", "down", "right"):
+        with_hint, without = hinted.step(f"<action>{move}</action>"), plain.step(f"<action>{move}</action>")
+        assert with_hint.observation.rsplit("\n", 1)[0] == without.observation
+        assert (with_hint.reward, with_hint.done) == (without.reward, without.done)
+        if with_hint.done:
+          break
+
+
 def test_truncation_with_valid_moves():
   env = FrozenLakeEnv(max_steps=5)
   env.reset(Task("train", 0))

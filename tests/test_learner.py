@@ -26,16 +26,19 @@ ONE_DEVICE = make_mesh(devices=jax.devices()[:1])
 # `train.rl_update` at commit 8f87014 (the last trainer before the Learner) on exactly this run: the first update of a
 # tiny from-scratch Qwen3 on 3x3 FrozenLake, 2 groups x 4 episodes, KL to the reference, trainer log-probs, PaW on,
 # mini-batches of 8 rows in micro-batches of 4. `params_abs_sum`: Σ|w| over the policy's weights after the update.
+# Since the WM weights are balanced per optimizer step (x T / T_m, was x the mini-batch count: docs/PAW.md), the
+# numbers that follow the first optimizer step moved (loss, policy loss, KL: 1e-5 to 2e-2 relative); those are the
+# Learner's after that change, the rest are 8f87014's.
 BEFORE = {
-    "gigpo": {"train/loss": 0.9458884596824646, "train/policy_loss": -0.05117643624544144,
-              "train/grad_norm": 1.280310869216919, "train/kl": 0.0010428410023450851,
-              "train/approx_kl": -0.0009283558465540409, "train/clip_frac": 0.00390625,
+    "gigpo": {"train/loss": 0.9443899989128113, "train/policy_loss": -0.051178619265556335,
+              "train/grad_norm": 1.280310869216919, "train/kl": 0.0010422671912238002,
+              "train/approx_kl": -0.0009238510392606258, "train/clip_frac": 0.00390625,
               "paw/wm_loss": 0.9970541795094808, "paw/selected": 24.0, "paw/action_entropy": 5.974043255050978,
-              "params_abs_sum": 1461.4664532497118},
-    "ppo": {"train/loss": 0.996613621711731, "train/policy_loss": -0.00048066675662994385,
-            "train/grad_norm": 1.5882948637008667, "train/kl": 0.0010952537413686514,
+              "params_abs_sum": 1461.4683746864314},
+    "ppo": {"train/loss": 0.9951261281967163, "train/policy_loss": -0.00047200918197631836,
+            "train/grad_norm": 1.5882948637008667, "train/kl": 0.0010945014655590057,
             "critic/value_loss": 0.03731277957558632, "critic/grad_norm": 2.0003037452697754,
-            "paw/wm_loss": 0.9970834255218506, "params_abs_sum": 1462.7748199034768},
+            "paw/wm_loss": 0.9970834255218506, "params_abs_sum": 1462.7779528952524},
 }
 
 

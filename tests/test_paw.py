@@ -1,4 +1,5 @@
-"""PaW selection, λ_g and per-row weights: hand-computed values, Eq. 11, and the loss under micro-batching."""
+"""PaW selection, λ_g and per-row weights: hand-computed values, Eq. 11, the loss under micro-batching, the balance of
+every optimizer step, and each named variant's WM loss (ECHO's per-token mean, the placebo's shuffle) against numpy."""
 from __future__ import annotations
 
 import functools
@@ -49,10 +50,12 @@ def _pool(seed: int = 0) -> dict[str, np.ndarray]:
   return out
 
 
-def _weights(pool, cfg=paw.PawConfig(alpha=0.75)):
+def _weights(pool, cfg=paw.PawConfig(alpha=0.75), step_B=None):
+  """paw_weights of the pool; by default every row in one optimizer step (Eq. 11's weights as they are)."""
   keys = ("token_entropy_BxT", "sampled_logp_BxT", "action_mask_BxT", "obs_mask_BxT", "valid_B", "group_id_B",
           "traj_id_B", "episode_return_B")
-  return paw.paw_weights(cfg, 10.0, **{k: pool[k] for k in keys})
+  step_B = np.zeros(len(ROWS), int) if step_B is None else step_B
+  return paw.paw_weights(cfg, 10.0, **{k: pool[k] for k in keys}, step_B=step_B)
 
 
 def test_hand_built_weights_and_metrics():
@@ -159,3 +162,77 @@ def test_group_lambda_clips_and_averages_per_trajectory():
   assert paw.group_lambda(ret, group, traj, valid, 10.0, adaptive=True) == pytest.approx({0: 1.0, 1: 0.4})
   assert paw.group_lambda(np.array([15.0]), np.array([0]), np.array([0]), np.array([True]), 10.0, True) == {0: 0.0}
   assert paw.group_lambda(ret, group, traj, valid, 10.0, adaptive=False) == {0: 1.0, 1: 1.0}
+
+
+def _numpy_row_loss(pool, wm_loss: str) -> np.ndarray:
+  """ℓ per row: clipped MAE Σ 1[p ≤ 0.2] (1 − p) / |o| or CE mean −log p, over the row's observation tokens."""
+  out = np.zeros(len(ROWS))
+  for b in range(len(ROWS)):
+    logp = pool["logp_BxT"][b][pool["obs_mask_BxT"][b]].astype(np.float64)
+    if len(logp):
+      p = np.exp(logp)
+      out[b] = np.sum((1 - p) * (p <= 0.2)) / len(p) if wm_loss == "cmae" else -logp.mean()
+  return out
+
+
+STEP_B = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 0])  # two optimizer steps with different action-token counts
+
+
+def test_weights_are_scaled_by_the_step_share_of_action_tokens():
+  pool = _pool()
+  tokens = [r[3] if r[2] else 0 for r in ROWS]  # action tokens of the valid rows
+  total = sum(tokens)
+  per_step = [sum(t for t, s in zip(tokens, STEP_B) if s == m) for m in (0, 1)]
+  assert per_step[0] != per_step[1]
+  weight_B, _ = _weights(pool, step_B=STEP_B)
+  np.testing.assert_allclose(weight_B, [w * total / per_step[s] for w, s in zip(WEIGHTS, STEP_B)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["on", "ce", "lambda1", "echo"])
+def test_each_variant_wm_term_matches_numpy_in_every_step(name):
+  cfg = paw.PawConfig(**paw.VARIANTS[name])
+  pool = _pool(5)
+  weight_B, metrics = _weights(pool, cfg, STEP_B)
+  ell = _numpy_row_loss(pool, cfg.wm_loss)
+  obs_tokens = [r[4] for r in ROWS]
+  tokens = [r[3] if r[2] else 0 for r in ROWS]
+  pool_rows = [b for b, r in enumerate(ROWS) if r[2] and r[4]]
+  for m in (0, 1):
+    rows = STEP_B == m
+    got, _ = losses.wm_term(pool["logp_BxT"][rows], {"obs_mask_BxT": pool["obs_mask_BxT"][rows],
+                                                    "wm_weight_B": weight_B[rows]}, losses.LossConfig(rho=0.2),
+                            cfg.wm_loss)
+    if name == "echo":  # 0.05 · mean of −log p over every observation token of the step's pool rows
+      members = [b for b in pool_rows if STEP_B[b] == m]
+      expected = 0.05 * sum(ell[b] * obs_tokens[b] for b in members) / sum(obs_tokens[b] for b in members)
+    else:  # the step's rows' part of Eq. 11, times T / T_m
+      lam = LAMBDA if cfg.adaptive else dict.fromkeys(LAMBDA, 1.0)
+      groups = sorted({ROWS[r][0] for r in SELECTED})
+      part = 0.0
+      for g in groups:
+        members = [r for r in SELECTED if ROWS[r][0] == g]
+        part += lam[g] / len(groups) * sum(ell[r] for r in members if STEP_B[r] == m) / len(members)
+      expected = part * sum(tokens) / sum(t for t, s in zip(tokens, STEP_B) if s == m)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+  assert metrics["paw/selected"] == (len(pool_rows) if name == "echo" else len(SELECTED))
+
+
+def test_placebo_shuffle_keeps_the_observations_and_moves_them_between_rows():
+  observations = [f"state {i}" for i in range(12)] + ["", "  "]  # two rows without a target (terminal steps)
+  observations[3] = observations[7]  # a repeated observation
+  shuffled = paw.shuffled_observations(observations, np.random.default_rng([0, 5, 1]))
+  assert sorted(shuffled) == sorted(observations)
+  assert shuffled[-2:] == ["", "  "]  # rows without a target keep none: the WM pool is the same rows
+  assert sum(a != b for a, b in zip(shuffled, observations)) >= 6
+  assert shuffled == paw.shuffled_observations(observations, np.random.default_rng([0, 5, 1]))  # seeded
+  assert shuffled != paw.shuffled_observations(observations, np.random.default_rng([0, 6, 1]))
+
+
+def test_variants_are_settings_of_one_config():
+  for name, changes in paw.VARIANTS.items():
+    cfg = paw.PawConfig(**changes)  # every variant is a PawConfig, none a separate code path
+    assert cfg.enabled == (name != "off")
+  echo = paw.PawConfig(**paw.VARIANTS["echo"])
+  assert (echo.alpha, echo.adaptive, echo.wm_loss, echo.normalise, echo.wm_coef) == (1.0, False, "ce", "token", 0.05)
+  with pytest.raises(ValueError, match="paw.normalise"):
+    _weights(_pool(), paw.PawConfig(normalise="rows"))

@@ -1,6 +1,8 @@
 """The RL program: a fresh start warms up and builds the learner from the warmed-up policy (with the critic for
-PPO), evaluation is seeded apart from the rollouts, an update whose episodes all crashed is skipped, and each new
-kind of episode error is printed once."""
+PPO), evaluation is seeded apart from the rollouts and its panel and outcomes do not depend on the number of env
+workers, an update whose episodes all crashed is skipped, and each new kind of episode error is printed once."""
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -34,6 +36,30 @@ def test_start_warms_up_then_builds_the_learner_with_its_plug_ins(tmp_path):
     assert isinstance(critic, CriticPlugin) and set(learner.states()) == {"policy", "critic"}
     first, again = program.evaluate(), program.evaluate()
   assert first == again and 0.0 <= first["eval/success"] <= 1.0  # a fixed task set and sampling key
+
+
+def test_eval_panel_and_outcomes_do_not_depend_on_the_number_of_env_workers(tmp_path):
+  config = tiny_run_config(tmp_path, format_warmup_steps=60, format_warmup_episodes=32)
+  config = dataclasses.replace(config, train=dataclasses.replace(config.train, eval_episodes=12))
+  run = Run.open(config, resuming=False)
+  with run.env_pool() as pool:
+    program = RLProgram(run, pool)
+    program.start()  # a warmed-up policy: valid moves, so episodes end in different ways
+  outcomes = {}
+  for temperature in (0.0, 0.4):
+    # Calls of 4 rows: one episode in each (one worker), or the eight of a wave in two (eight workers).
+    run.config = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, eval_rows=4,
+                                                                          eval_temperature=temperature))
+    for workers, in_process in ((1, True), (8, False)):  # one slot in this process; eight worker processes
+      with EnvPool("frozenlake", workers, dict(config.env.kwargs), in_process=in_process) as pool:
+        program.pool = pool
+        outcomes[temperature, workers] = [(e.task, e.won, e.episode_return, e.length, e.invalid_count)
+                                          for e in program.eval_episodes()]
+  panel = [Task(config.env.eval_split, i) for i in range(12)]
+  for temperature in (0.0, 0.4):
+    assert [o[0] for o in outcomes[temperature, 1]] == panel
+    assert outcomes[temperature, 1] == outcomes[temperature, 8]
+  assert len({o[1:] for o in outcomes[0.0, 1]}) > 1  # the outcomes differ between tasks: the check has teeth
 
 
 class CrashingLake(FrozenLakeEnv):

@@ -96,6 +96,24 @@ def test_top_k_one_equals_greedy(model):
     assert a["tokens"].tolist() == b["tokens"].tolist()
 
 
+def test_a_key_per_prompt_and_fixed_rows_make_a_completion_independent_of_its_batch(model):
+  sampler, cfg = make_sampler(model), SamplingConfig(temperature=1.0, max_new_tokens=12)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(5), i))(jnp.arange(len(PROMPTS)))
+  together = sampler(nnx.state(model), PROMPTS, keys, cfg, rows=4)
+  for i, prompt in enumerate(PROMPTS):  # alone, with its own key, in a batch of the same size
+    alone = sampler(nnx.state(model), [prompt], keys[i:i + 1], cfg, rows=4)[0]
+    np.testing.assert_array_equal(alone["tokens"], together[i]["tokens"])
+    np.testing.assert_array_equal(alone["logprobs"], together[i]["logprobs"])
+  one_key = sampler(nnx.state(model), PROMPTS, jax.random.key(5), cfg)  # one key: rows share the call's stream
+  assert any(a["tokens"].tolist() != b["tokens"].tolist() for a, b in zip(one_key, together))
+  in_calls_of_two = sampler(nnx.state(model), PROMPTS, keys, cfg, rows=2)  # two calls of 2 rows
+  alone = [sampler(nnx.state(model), [p], keys[i:i + 1], cfg, rows=2)[0] for i, p in enumerate(PROMPTS)]
+  for a, b in zip(in_calls_of_two, alone):
+    np.testing.assert_array_equal(a["logprobs"], b["logprobs"])
+  with pytest.raises(ValueError, match="one key or one per prompt"):
+    sampler(nnx.state(model), PROMPTS, keys[:2], cfg)
+
+
 def test_top_p_never_samples_outside_the_nucleus():
   probs = np.array([0.5, 0.3, 0.15, 0.05])  # top_p = 0.7 -> nucleus {0, 1}: 0.5 < 0.7, 0.8 >= 0.7
   logits = jnp.log(jnp.asarray(np.tile(probs, (4000, 1)), jnp.float32))

@@ -5,7 +5,8 @@ redrawn from the same task-seeded generator (so deterministically) until the goa
 follow gym too: the intended direction w.p. 1/3, each perpendicular one w.p. 1/3. The slip generator is seeded from
 the task as well, so an episode is a function of the task and the action sequence (invalid actions draw nothing).
 An observation is the last move's outcome, the map (one space between cells) and a line naming the holes and edges
-one step away. Reward: `r_max` (10) on reaching the goal, 0 otherwise; a hole ends the episode as failed.
+one step away (`hazard_hint=False` drops it: the policy must then read the map). Reward: `r_max` (10) on reaching the
+goal, 0 otherwise; a hole ends the episode as failed.
 """
 from __future__ import annotations
 
@@ -99,18 +100,20 @@ def generate_lake(rng: random.Random, size: int, hole_prob: float) -> Lake:
 
 
 class FrozenLakeEnv(TextEnv):
-  """FrozenLake on a `size` x `size` map; `slippery` turns on gym's stochastic moves."""
+  """FrozenLake on a `size` x `size` map; `slippery` turns on gym's stochastic moves; `hazard_hint` adds the line
+  naming the holes and edges next to the player."""
   name = "frozenlake"
   # rewards: TextEnv's (10 on success, -0.1 for an invalid action)
   max_steps = 20
 
-  def __init__(self, size: int = 4, hole_prob: float = 0.2, slippery: bool = False, max_steps: int | None = None):
+  def __init__(self, size: int = 4, hole_prob: float = 0.2, slippery: bool = False, max_steps: int | None = None,
+               hazard_hint: bool = True):
     super().__init__(max_steps)
     if size < 2:
       raise ValueError(f"frozenlake: size must be >= 2, got {size}")
     if not 0.0 <= hole_prob < 1.0:
       raise ValueError(f"frozenlake: hole_prob must be in [0, 1), got {hole_prob}")
-    self.size, self.hole_prob, self.slippery = size, hole_prob, slippery
+    self.size, self.hole_prob, self.slippery, self.hazard_hint = size, hole_prob, slippery, hazard_hint
     self.lake: Lake | None = None  # the current map; read by the oracle
     self.player = 0  # the player's cell
     self._slip_rng: random.Random | None = None
@@ -153,4 +156,5 @@ class FrozenLakeEnv(TextEnv):
     return self._observation(message), 0.0, False, {}
 
   def _observation(self, message: str) -> str:
-    return f"{message}\n{self.lake.render(self.player)}\n{self.lake.surroundings(self.player)}."
+    hint = f"\n{self.lake.surroundings(self.player)}." if self.hazard_hint else ""
+    return f"{message}\n{self.lake.render(self.player)}{hint}"

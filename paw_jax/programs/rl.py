@@ -81,18 +81,24 @@ class RLProgram:
     return {**rollout_metrics, **train_metrics, **paw_metrics, **timings}
 
   def evaluate(self) -> dict[str, float]:
-    """One episode per task of a fixed eval set, at the eval temperature; and the world-model eval
-    (paw_jax/wm_eval.py)."""
-    c, run = self.run.config, self.run
-    tasks = [Task(c.env.eval_split, i) for i in range(c.train.eval_episodes)]
-    _, episodes, _ = run_episodes(self.pool, run.env_cls, run.sampler, self.learner.params, run.tokenizer, tasks, 1,
-                                  c.prompt, c.sampling.for_eval(), jax.random.key(c.seed + EVAL_SEED_OFFSET),
-                                  int(self.learner.state.step))
+    """One episode per task of the fixed eval panel (`eval_episodes`), at the eval temperature; and the world-model
+    eval (paw_jax/wm_eval.py)."""
+    c = self.run.config
+    episodes = self.eval_episodes()
     self._report_errors(episodes, "eval")
     metrics = episode_metrics(episodes, "eval")
     if self.wm_eval is not None:
       metrics.update(self.wm_eval(self.learner.params, jax.random.key(c.seed + EVAL_SEED_OFFSET)))
     return metrics
+
+  def eval_episodes(self) -> list[Episode]:
+    """Tasks 0 .. eval_episodes - 1 of the eval split, each episode sampled from its own key stream in sampler calls
+    of a fixed size: the panel and each task's outcome do not depend on the number of env workers."""
+    c, run = self.run.config, self.run
+    tasks = [Task(c.env.eval_split, i) for i in range(c.train.eval_episodes)]
+    return run_episodes(self.pool, run.env_cls, run.sampler, self.learner.params, run.tokenizer, tasks, 1, c.prompt,
+                        c.sampling.for_eval(), jax.random.key(c.seed + EVAL_SEED_OFFSET), int(self.learner.state.step),
+                        worker_independent=True)[1]
 
   def _report_errors(self, episodes: list[Episode], phase: str) -> None:
     """Prints each new kind of episode error once: such an episode counts as failed and the run goes on, but a
