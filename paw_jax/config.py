@@ -143,6 +143,10 @@ class TrainConfig:
   eval_every: int = 10
   eval_at_start: bool = True  # also evaluate before the first update (logged as update 0)
   eval_episodes: int = 128
+  # Rollouts sampled with a key per episode and turn in calls of sampling.eval_rows rows, their turns in (group,
+  # trajectory, turn) order: an update's rows then do not depend on the env pool's waves nor on the number of
+  # processes. Always so with several processes (each plays its own share of the groups).
+  episode_keys: bool = False
   checkpoint_every: int = 5
   keep_checkpoints: int = 3
   export_hf: bool = True  # write the final policy as a HF directory

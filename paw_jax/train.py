@@ -10,9 +10,9 @@ from __future__ import annotations
 import pathlib
 import shutil
 
-import jax
 from flax import nnx
 
+from paw_jax import multihost
 from paw_jax.checkpoint import Checkpointer
 from paw_jax.config import EXPORT_DIR, Config, stage_configs
 from paw_jax.metrics import METRICS_FILE, MetricsWriter, progress, read_metrics
@@ -51,7 +51,7 @@ def train_stage(config: Config) -> dict[str, float]:
       start_update = 0
     else:
       program.build()
-      states, meta = checkpointer.restore(jax.eval_shape(program.learner.states))
+      states, meta = checkpointer.restore(multihost.abstract(program.learner.states()))
       program.learner.load_states(states)
       start_update = int(meta["next_update"])
       print(f"resumed from {checkpointer.directory} at update {start_update}")
