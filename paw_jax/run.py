@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from paw_jax import sharding
+from paw_jax import multihost, sharding
 from paw_jax.config import CONFIG_FILE, Config, ConfigError, check_resume, config_json
 from paw_jax.envs import Task, TextEnv, env_class, make
 from paw_jax.envs.pool import EnvPool
@@ -45,8 +45,10 @@ class Run:
     saved = workdir / CONFIG_FILE
     if resuming and saved.is_file():
       check_resume(config, saved.read_text())
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(config_json(config))
+    multihost.sync("config checked")  # before process 0 rewrites it
+    if multihost.is_main():
+      workdir.mkdir(parents=True, exist_ok=True)
+      saved.write_text(config_json(config))
     if not jax.config.jax_compilation_cache_dir:  # restarts reuse compiled programs; a cache set by the user wins
       jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
     try:
@@ -85,7 +87,12 @@ class Run:
 def load_tokenizer(config: Config, workdir: pathlib.Path) -> Tokenizer:
   """The workdir's tokenizer if saved; else the model's own, or for a scratch model a BPE trained on random play."""
   saved = workdir / "tokenizer"
-  if (saved / "tokenizer.json").is_file():
+  exists = (saved / "tokenizer.json").is_file()
+  multihost.sync("tokenizer looked for")  # every process has looked before process 0 writes one
+  if exists:
+    return Tokenizer.load(saved)
+  if not multihost.is_main():  # one vocabulary for every process: process 0's
+    multihost.sync("tokenizer saved")
     return Tokenizer.load(saved)
   path = config.tokenizer.path or config.model.path
   if path:
@@ -96,6 +103,7 @@ def load_tokenizer(config: Config, workdir: pathlib.Path) -> Tokenizer:
                                     config.seed, config.rwml.instruction if config.tokenizer.with_next_state else None)
     env.close()
   tokenizer.save(saved)  # a resumed run must see the very same vocabulary
+  multihost.sync("tokenizer saved")
   return tokenizer
 
 

@@ -79,13 +79,17 @@ def train_stage(config: Config) -> dict[str, float]:
 
 
 def export(run: Run, params, out_dir: pathlib.Path) -> None:
-  """The policy and tokenizer as a HF directory: written beside `out_dir` and renamed into place when complete."""
+  """The policy and tokenizer as a HF directory: written beside `out_dir` and renamed into place when complete.
+  Several processes: every one gathers the tensors with the others; process 0 writes."""
   tmp = out_dir.with_name(out_dir.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)  # a killed export's leftovers
+  if multihost.is_main():
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed export's leftovers
   hf_io.save_model(nnx.merge(run.graphdef, params), tmp)
-  run.tokenizer.save(tmp)
-  shutil.rmtree(out_dir, ignore_errors=True)
-  tmp.rename(out_dir)
+  if multihost.is_main():
+    run.tokenizer.save(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+  multihost.sync("export")  # the stage is done for every process once its export is in place
 
 
 def latest_eval(workdir: pathlib.Path) -> dict[str, float]:

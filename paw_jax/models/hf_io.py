@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 from typing import Any, Iterator
 
@@ -16,8 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
-from safetensors.flax import save_file
+from etils import epath
+from safetensors.flax import save
 
+from paw_jax import multihost
 from paw_jax.models.assets import resolve_model_path
 from paw_jax.models.config import ModelConfig
 from paw_jax.models.gguf_io import read_gguf
@@ -96,11 +99,15 @@ def hf_to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray] | Any) -> dict
 
 def params_to_hf(cfg: ModelConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
   """Our nested param dict -> HF-named tensors (inverse of `hf_to_params`)."""
-  tensors = {}
+  return dict(hf_tensors(cfg, params))
+
+
+def hf_tensors(cfg: ModelConfig, params: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
+  """(HF name, host tensor) one at a time; a global array of several processes is gathered to each (every process
+  must iterate together)."""
   for path, key, _, in_dims in _param_table(cfg):
-    array = np.asarray(params[path[0]]) if len(path) == 1 else np.asarray(params["layers"][path[1]][int(path[2])])
-    tensors[key] = np.ascontiguousarray(_to_hf(array, key, in_dims))
-  return tensors
+    value = params[path[0]] if len(path) == 1 else params["layers"][path[1]][int(path[2])]
+    yield key, np.ascontiguousarray(_to_hf(np.asarray(multihost.fetch(value)), key, in_dims))
 
 
 def abstract_model(cfg: ModelConfig) -> Decoder:
@@ -179,31 +186,42 @@ def load_model(path: str | pathlib.Path, shardings: Any = None, **cfg_overrides)
   return model_from_params(cfg, params, shardings)
 
 
-def save_model(model: Decoder, out_dir: str | pathlib.Path, max_shard_bytes: int = 4 << 30) -> pathlib.Path:
-  """Writes config.json + safetensors (index-sharded above `max_shard_bytes`) that transformers loads."""
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  cfg = model.cfg
-  tensors = params_to_hf(cfg, jax.device_get(model_params(model)))
-  (out_dir / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
-  shards: list[dict[str, np.ndarray]] = [{}]
-  shard_bytes = 0
-  for key, array in tensors.items():
-    if shard_bytes and shard_bytes + array.nbytes > max_shard_bytes:
-      shards.append({})
-      shard_bytes = 0
-    shards[-1][key] = array
-    shard_bytes += array.nbytes
-  if len(shards) == 1:
-    save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, out_dir / "model.safetensors",
-              metadata={"format": "pt"})
+def save_model(model: Decoder, out_dir: str | os.PathLike, max_shard_bytes: int = 4 << 30) -> epath.Path:
+  """Writes config.json + safetensors (index-sharded above `max_shard_bytes`) that transformers loads.
+
+  The tensors are fetched one at a time and written a shard at a time (host memory: one shard). Several processes:
+  all call this together (each tensor is gathered from every process's devices) and process 0 writes."""
+  out_dir, cfg = epath.Path(out_dir), model.cfg
+  write = multihost.is_main()
+  if write:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+  shards: list[list[str]] = []  # the names in each written shard
+  shard: dict[str, np.ndarray] = {}
+  total = 0
+
+  def flush(name: str) -> None:
+    if write:
+      (out_dir / name).write_bytes(save({k: jnp.asarray(v) for k, v in shard.items()}, metadata={"format": "pt"}))
+    shards.append(list(shard))
+    shard.clear()
+
+  for key, array in hf_tensors(cfg, model_params(model)):
+    if shard and sum(a.nbytes for a in shard.values()) + array.nbytes > max_shard_bytes:
+      flush(f"model-{len(shards) + 1:05d}.safetensors")
+    shard[key] = array
+    total += array.nbytes
+  if not shards:
+    flush("model.safetensors")
     return out_dir
-  weight_map = {}
-  for i, shard in enumerate(shards):
+  flush(f"model-{len(shards) + 1:05d}.safetensors")
+  weight_map = {}  # the HF names carry the shard count: rename now that it is known
+  for i, keys in enumerate(shards):
     name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    save_file({k: jnp.asarray(v) for k, v in shard.items()}, out_dir / name, metadata={"format": "pt"})
-    weight_map.update({key: name for key in shard})
-  total = sum(a.nbytes for a in tensors.values())
-  (out_dir / "model.safetensors.index.json").write_text(
-      json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    if write:
+      (out_dir / f"model-{i + 1:05d}.safetensors").rename(out_dir / name)
+    weight_map.update({key: name for key in keys})
+  if write:
+    (out_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
   return out_dir
