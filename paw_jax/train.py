@@ -89,7 +89,8 @@ def export(run: Run, params, out_dir: pathlib.Path) -> None:
 
 
 def latest_eval(workdir: pathlib.Path) -> dict[str, float]:
-  """The eval metrics last logged in `workdir` ({} if none): what a run resumed at its final update returns."""
+  """The eval metrics last logged in `workdir` ({} if none): what a run resumed at its final update returns (a
+  metric logged as null, a NaN, is NaN again)."""
   records = read_metrics(workdir) if (workdir / METRICS_FILE).is_file() else []
   evals = [r for r in records if any(k.startswith("eval/") for k in r)]
-  return {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+  return {k: float("nan") if v is None else v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
