@@ -1,4 +1,5 @@
-"""The trainer: a short loop over a training program (paw_jax/programs), with evaluation, metrics and checkpoints.
+"""The trainer: a short loop over a training program (paw_jax/programs), with evaluation, metrics and checkpoints;
+a run of several stages (`config.stages`) runs one such loop per stage.
 
 A fresh run starts the program (e.g. its warm-up) and checkpoints that as update 0, then evaluates (logged as update
 0); a run whose workdir holds a checkpoint restores it instead, after checking that its config is the saved one, and
@@ -19,6 +20,7 @@ from paw_jax.metrics import METRICS_FILE, MetricsWriter, progress, read_metrics
 from paw_jax.models import hf_io
 from paw_jax.programs import program_class
 from paw_jax.run import Run
+
 
 def train(config: Config) -> dict[str, float]:
   """Runs (or resumes) each stage of `config.stages` in turn; returns the last stage's last evaluation metrics.
