@@ -2,12 +2,11 @@
 then task RL from its policy; next-state SFT then task RL; task RL alone.
 
   python -m paw_jax.main --config=configs/rwml.py                          # FrozenLake from scratch on a CPU
-  python -m paw_jax.main --config=configs/rwml.py:env=textworld            # text observations, MiniLM similarity
   python -m paw_jax.main --config=configs/rwml.py:method=sft --config.workdir=runs/rwml/frozenlake-sft
   python -m paw_jax.main --config=configs/rwml.py:ci                        # minutes-sized, for the test suite
 
-Variant keys: env = frozenlake (default) | textworld | alfworld (generated problems); method = rwml (default) | sft |
-rl; size = full (default) | ci (`ci` alone means size=ci).
+Variant keys: method = rwml (default) | sft | rl; size = full (default) | ci (`ci` alone means size=ci); env =
+frozenlake (the one configured so far: text-observation envs need a model that can play them).
 Stages (config.stages), each in WORKDIR/<stage> and resumable; a stage whose exported policy is there is skipped:
   rwml    the format warm-up, collect (the policy plays `rwml.collect_tasks` train tasks 3 times at temperature 1),
           next-state SFT on the validation triplets, the too-easy filter, then GRPO on predictions (KL 0.001)
@@ -29,7 +28,7 @@ import pathlib
 from paw_jax import paper_configs
 
 METHODS = {"rwml": "rwml,rl", "sft": "wm_sft,rl", "rl": "rl"}
-ENVS = ("frozenlake", "textworld", "alfworld")
+ENVS = ("frozenlake",)
 
 
 def _default_config(arg: str):
@@ -66,8 +65,6 @@ def get_config(arg: str = ""):
                "optim": {"learning_rate": 3e-4}, "batch": {"mini_batch": r.triplets_per_update * 8}, **length},
       "wm_sft": length}
   c.stage_overrides = {stage: overrides[stage] for stage in c.stages.split(",") if stage in overrides}
-  if env != "frozenlake":
-    raise NotImplementedError(f"configs/rwml.py: env={env} is not configured yet")
   if ci:
     r.collect_tasks, r.filter_samples, r.panel_size = 24, 2, 32
     c.train.updates = 4

@@ -88,8 +88,8 @@ def paper_config(env: str, arg: str, default_model: str,
   c.batch.max_obs_tokens = 256
   c.batch.max_len = (c.sampling.get_ref("max_prompt_len") + c.sampling.get_ref("max_new_tokens")
                      + c.batch.get_ref("max_obs_tokens") + 256)
-  # Global rows per micro-batch, split over every device (keep it a multiple of the device count). Memory is
-  # dominated by the fp32 logits, ~0.6 MB per token of a 150k vocabulary: lower it on small-memory devices.
+  # Global rows per micro-batch, split over the data x fsdp devices (a multiple of their count: Run.open checks it).
+  # Per-device memory: `python -m paw_jax.tools.memory --config=... --devices=N` (bench/RESULTS.md).
   c.batch.micro_batch = 16
 
   c.algo.name = algo

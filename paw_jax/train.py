@@ -1,4 +1,5 @@
-"""The trainer: a short loop over a training program (paw_jax/programs), with evaluation, metrics and checkpoints.
+"""The trainer: a short loop over a training program (paw_jax/programs), with evaluation, metrics and checkpoints;
+a run of several stages (`config.stages`) runs one such loop per stage.
 
 A fresh run starts the program (e.g. its warm-up) and checkpoints that as update 0, then evaluates (logged as update
 0); a run whose workdir holds a checkpoint restores it instead, after checking that its config is the saved one, and
@@ -19,6 +20,7 @@ from paw_jax.metrics import METRICS_FILE, MetricsWriter, progress, read_metrics
 from paw_jax.models import hf_io
 from paw_jax.programs import program_class
 from paw_jax.run import Run
+
 
 def train(config: Config) -> dict[str, float]:
   """Runs (or resumes) each stage of `config.stages` in turn; returns the last stage's last evaluation metrics.
@@ -93,7 +95,8 @@ def export(run: Run, params, out_dir: pathlib.Path) -> None:
 
 
 def latest_eval(workdir: pathlib.Path) -> dict[str, float]:
-  """The eval metrics last logged in `workdir` ({} if none): what a run resumed at its final update returns."""
+  """The eval metrics last logged in `workdir` ({} if none): what a run resumed at its final update returns (a
+  metric logged as null, a NaN, is NaN again)."""
   records = read_metrics(workdir) if (workdir / METRICS_FILE).is_file() else []
   evals = [r for r in records if any(k.startswith("eval/") for k in r)]
-  return {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+  return {k: float("nan") if v is None else v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}

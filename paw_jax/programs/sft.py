@@ -17,9 +17,9 @@ import numpy as np
 from paw_jax.batch import TrainBatch, pack_rows
 from paw_jax.learner import Learner, sft_loss
 from paw_jax.metrics import progress
+from paw_jax.next_state import sft_turns
 from paw_jax.rollout import Turn
 from paw_jax.run import Run
-from paw_jax.next_state import sft_turns
 from paw_jax.scratch import warmup_turns
 from paw_jax.triplets import random_play_triplets
 

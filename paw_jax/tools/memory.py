@@ -297,9 +297,9 @@ def kv_cache_bytes(arrays: list[tuple[int, str]], cfg) -> int:
 
 def rollout_batch(config) -> int:
   """Prompts per `generate` call: a rollout's playable episodes (or the evaluation's), in the Sampler's bucket."""
-  from paw_jax.sampling import Sampler
+  from paw_jax.sampling import Sampler, power_of_two_buckets
   prompts = max(config.algo.groups_per_update * config.algo.group_size, config.train.eval_episodes)
-  buckets = next(f.default for f in dataclasses.fields(Sampler) if f.name == "batch_buckets")
+  buckets = power_of_two_buckets(1, next(f.default for f in dataclasses.fields(Sampler) if f.name == "max_batch"))
   return next((b for b in buckets if b >= prompts), prompts)
 
 
@@ -326,7 +326,7 @@ def compile_programs(config, cfg, mesh) -> tuple[dict[str, int], dict[str, Progr
   minibatch = abstract_minibatch(config, mesh, with_critic)
   loss_fn = rl_loss(config.algo.loss, config.paw.wm_loss if config.paw.enabled else None)
   print("compiling the policy step ...", file=sys.stderr, flush=True)
-  step = jit_update(graphdef, optimizer, loss_fn).lower(state, minibatch).compile()
+  step = jit_update(graphdef, optimizer, loss_fn, mesh).lower(state, minibatch).compile()
   programs = {"policy step": measure(step, shard_bytes(state))}
 
   if with_critic:  # a copy of the policy with a value head and its own optimizer (critic.CriticPlugin)
@@ -335,7 +335,7 @@ def compile_programs(config, cfg, mesh) -> tuple[dict[str, int], dict[str, Progr
     critic_state = abstract_train_state(critic_params, critic_optimizer, False, mesh)
     resident["critic"] = shard_bytes(critic_state)
     print("compiling the critic step ...", file=sys.stderr, flush=True)
-    critic_step = jit_update(critic_graphdef, critic_optimizer, critic_loss(config.critic.value_clip))
+    critic_step = jit_update(critic_graphdef, critic_optimizer, critic_loss(config.critic.value_clip), mesh)
     programs["critic step"] = measure(critic_step.lower(critic_state, minibatch).compile(), shard_bytes(critic_state))
 
   batch, prompt_len = rollout_batch(config), config.sampling.max_prompt_len
@@ -343,7 +343,7 @@ def compile_programs(config, cfg, mesh) -> tuple[dict[str, int], dict[str, Progr
   print("compiling the sampler ...", file=sys.stderr, flush=True)
   sampler = generate.lower(graphdef, params, np.zeros((batch, prompt_len), np.int32),
                            np.ones((batch, prompt_len), bool), jax.random.key(0), stop_table,
-                           jnp.zeros((1,), jnp.int32), 0, config.sampling).compile()
+                           jnp.zeros((1,), jnp.int32), 0, config.sampling, mesh).compile()
   programs["rollout"] = measure(sampler, shard_bytes(params), cfg)
   shapes = {"minibatch": list(minibatch["tokens_BxT"].shape), "rollout_batch": batch, "prompt_len": prompt_len,
             "max_new_tokens": config.sampling.max_new_tokens}
