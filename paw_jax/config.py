@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import inspect
 import json
-import pathlib
+import os
 import types
 import typing
 from typing import Any, Callable, Mapping
@@ -399,9 +399,9 @@ def stage_configs(config: Config) -> list[Config]:
     _merge(tree, config.stage_overrides.get(name, {}), f"stage_overrides.{name}")
     tree.update(stages=name, stage_overrides={})
     if len(config.stages) > 1:
-      tree["workdir"] = str(pathlib.PurePath(config.workdir) / name)
+      tree["workdir"] = os.path.join(config.workdir, name)  # a gs:// workdir stays one
     if previous is not None:
-      tree["model"]["path"] = tree["tokenizer"]["path"] = str(pathlib.PurePath(previous.workdir) / EXPORT_DIR)
+      tree["model"]["path"] = tree["tokenizer"]["path"] = os.path.join(previous.workdir, EXPORT_DIR)
       tree["train"]["format_warmup_steps"] = 0
     if index + 1 < len(config.stages):
       tree["train"]["export_hf"] = True  # the next stage's start

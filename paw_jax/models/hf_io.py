@@ -10,7 +10,7 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ from safetensors import safe_open
 from etils import epath
 from safetensors.flax import save
 
-from paw_jax import multihost
+from paw_jax import multihost, sharding
 from paw_jax.models.assets import resolve_model_path
 from paw_jax.models.config import ModelConfig
 from paw_jax.models.gguf_io import read_gguf
@@ -166,8 +166,28 @@ class _SafetensorsDir:
 
   def __getitem__(self, key: str) -> np.ndarray:
     key = self._key(key)
-    with safe_open(self._file_of[key], framework="flax") as f:
-      return np.asarray(f.get_tensor(key).astype(jnp.float32))
+    with safe_open(self._file_of[key], framework="numpy") as f:
+      return f.get_tensor(key).astype(np.float32)
+
+  def block(self, key: str, shape: tuple[int, ...], in_dims: int | None, index: Sequence[slice]) -> np.ndarray:
+    """`index` (slices) of the tensor in our layout of `shape`, reading only the HF rows and columns it covers.
+
+    Our layout is the HF [out, in] weight transposed and reshaped to (*in_shape, *out_shape), so a block of ours is
+    an (out, in) set of flat indices of the HF tensor: one rectangular read, then a gather within it."""
+    key = self._key(key)
+    ranges = [range(*s.indices(n)) for s, n in zip(index, shape)]
+    with safe_open(self._file_of[key], framework="numpy") as f:
+      hf = f.get_slice(key)
+      if math.prod(hf.get_shape()) != math.prod(shape):
+        raise ValueError(f"tensor '{key}' has shape {tuple(hf.get_shape())}; expected {math.prod(shape)} elements "
+                         f"for {shape}")
+      if in_dims is None:  # our layout; a flat HF bias is a [heads, head_dim] one of ours (small: read whole)
+        return hf[tuple(index)] if len(hf.get_shape()) == len(shape) else hf[:].reshape(shape)[tuple(index)]
+      in_flat = np.ravel_multi_index(np.ix_(*ranges[:in_dims]), shape[:in_dims]).ravel()
+      out_flat = np.ravel_multi_index(np.ix_(*ranges[in_dims:]), shape[in_dims:]).ravel()
+      box = hf[int(out_flat.min()):int(out_flat.max()) + 1, int(in_flat.min()):int(in_flat.max()) + 1]
+    block = box[np.ix_(out_flat - out_flat.min(), in_flat - in_flat.min())].T
+    return block.reshape([len(r) for r in ranges])
 
 
 def load_checkpoint(path: str | pathlib.Path, **cfg_overrides) -> tuple[ModelConfig, dict[str, Any]]:
@@ -183,6 +203,45 @@ def load_checkpoint(path: str | pathlib.Path, **cfg_overrides) -> tuple[ModelCon
 
 def load_model(path: str | pathlib.Path, shardings: Any = None, **cfg_overrides) -> Decoder:
   cfg, params = load_checkpoint(path, **cfg_overrides)
+  return model_from_params(cfg, params, shardings)
+
+
+def load_sharded(path: str | pathlib.Path, mesh: jax.sharding.Mesh, **cfg_overrides) -> Decoder:
+  """The checkpoint's Decoder placed on `mesh` by the sharding rules, each process reading from the safetensors only
+  the blocks its own devices hold, in the param dtype: no host ever holds a whole fp32 copy. (A .gguf file is read
+  whole, then placed.)"""
+  path = resolve_model_path(str(path))
+  if path.suffix == ".gguf":
+    cfg, params = load_checkpoint(path, **cfg_overrides)
+    return model_from_params(cfg, params, sharding.param_shardings(abstract_model(cfg), mesh))
+  cfg = ModelConfig.from_hf(read_config(path), **cfg_overrides)
+  shardings = sharding.param_shardings(abstract_model(cfg), mesh)
+  tensors, dtype = _SafetensorsDir(path), np.dtype(cfg.param_jnp_dtype)
+  entries: dict[tuple[str, ...], list[tuple[str, tuple[int, ...], int | None]]] = {}
+  for param_path, key, shape, in_dims in _param_table(cfg):
+    if key not in tensors:
+      raise KeyError(f"checkpoint has no tensor '{key}' (needed for {cfg.model_type} with this config)")
+    entries.setdefault(param_path[:2], []).append((key, shape, in_dims))
+
+  def load(param_path: tuple[str, ...], layers: list[tuple[str, tuple[int, ...], int | None]]) -> jax.Array:
+    if param_path[0] != "layers":
+      (key, shape, in_dims), = layers
+      return jax.make_array_from_callback(
+          shape, shardings[param_path[0]], lambda index: tensors.block(key, shape, in_dims, index).astype(dtype))
+    shape = layers[0][1]
+
+    def stacked_block(index):  # index[0]: the layers this device holds
+      return np.stack([tensors.block(key, shape, in_dims, index[1:]).astype(dtype)
+                       for key, _, in_dims in layers[index[0]]])
+    return jax.make_array_from_callback((len(layers), *shape), shardings["layers"][param_path[1]], stacked_block)
+
+  params: dict[str, Any] = {"layers": {}}
+  for param_path, layers in entries.items():
+    array = load(param_path, layers)
+    if param_path[0] == "layers":
+      params["layers"][param_path[1]] = array
+    else:
+      params[param_path[0]] = array
   return model_from_params(cfg, params, shardings)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from paw_jax import multihost
 from paw_jax.algos.advantages import ADVANTAGES
 from paw_jax.batch import prepare
 from paw_jax.critic import CriticPlugin
@@ -25,7 +26,6 @@ from paw_jax.envs import Task
 from paw_jax.envs.pool import EnvPool
 from paw_jax.learner import Learner, rl_loss
 from paw_jax.programs.sft import format_warmup
-from paw_jax import multihost
 from paw_jax.rollout import Episode, episode_metrics, gather_rollouts, run_episodes
 from paw_jax.run import Run
 from paw_jax.wm_eval import WorldModelEval
