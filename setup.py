@@ -6,6 +6,7 @@ CORE = [
     "flax>=0.12",
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",
+    "etils[epath]>=1.7",  # workdirs on any filesystem orbax writes to (gs:// included)
     "chex>=0.1.89",
     "ml-collections>=1.0",
     "absl-py>=2.1",

@@ -2,7 +2,9 @@
 
 Each step directory holds two items: `state`, a pytree of jax arrays (the learner's train states: the policy's
 params, optimizer state and KL reference, and a plug-in's such as PPO's critic), and `meta`, a JSON host dict (the
-trainer's: the next update to run). Orbax writes a step under `<step>.orbax-checkpoint-tmp-<ts>` and renames it
+trainer's: the next update to run). Every array is a global one (its sharding a NamedSharding over the run's mesh),
+so the processes of a multi-process run each write their own shards, and a checkpoint restores onto any mesh and
+process count: `restore` places each array on the sharding `abstract_state` names. Orbax writes a step under `<step>.orbax-checkpoint-tmp-<ts>` and renames it
 when complete, so a save killed half way is never listed and resume falls back to the previous step.
 
 Auto-resume is the caller's:
@@ -12,11 +14,12 @@ Auto-resume is the caller's:
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 _STATE, _META = "state", "meta"
@@ -25,13 +28,15 @@ _STATE, _META = "state", "meta"
 class Checkpointer:
   """Saves `(state, meta)` every `save_every` steps under `workdir/checkpoints`, keeping the newest `keep`.
 
-  One training process owns the directory: opening it deletes the temporary directories of unfinished saves.
+  One training run owns the directory: opening it deletes the temporary directories of unfinished saves. `workdir`:
+  a local path or any filesystem etils.epath and orbax know (gs://...).
   """
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int = 3, save_every: int = 1, async_save: bool = True):
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, save_every: int = 1, async_save: bool = True):
     if keep < 1 or save_every < 1:
       raise ValueError(f"Checkpointer: keep and save_every must be >= 1, got keep={keep} save_every={save_every}")
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    workdir = epath.Path(workdir)
+    self.directory = (workdir if "://" in str(workdir) else workdir.absolute()) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)  # a restarted run removes the leftovers of a killed save
@@ -64,8 +69,8 @@ class Checkpointer:
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """(state, meta) of `step` (default: latest), arrays placed on the shardings of `abstract_state`.
 
-    `abstract_state`: the state's tree of jax.ShapeDtypeStruct with `.sharding` (or concrete arrays: their shardings
-    are used). A leaf without a sharding lands on the default device.
+    `abstract_state`: the state's tree of jax.ShapeDtypeStruct with `.sharding` (`multihost.abstract(state)`), or
+    concrete arrays: their shardings are used. A leaf without a sharding lands on the default device.
     """
     step = self.latest_step() if step is None else step
     if step is None or step not in self._manager.all_steps():

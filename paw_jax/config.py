@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import inspect
 import json
-import pathlib
+import os
 import types
 import typing
 from typing import Any, Callable, Mapping
@@ -143,6 +143,10 @@ class TrainConfig:
   eval_every: int = 10
   eval_at_start: bool = True  # also evaluate before the first update (logged as update 0)
   eval_episodes: int = 128
+  # Rollouts sampled with a key per episode and turn in calls of sampling.eval_rows rows, their turns in (group,
+  # trajectory, turn) order: an update's rows then do not depend on the env pool's waves nor on the number of
+  # processes. Always so with several processes (each plays its own share of the groups).
+  episode_keys: bool = False
   checkpoint_every: int = 5
   keep_checkpoints: int = 3
   export_hf: bool = True  # write the final policy as a HF directory
@@ -395,9 +399,9 @@ def stage_configs(config: Config) -> list[Config]:
     _merge(tree, config.stage_overrides.get(name, {}), f"stage_overrides.{name}")
     tree.update(stages=name, stage_overrides={})
     if len(config.stages) > 1:
-      tree["workdir"] = str(pathlib.PurePath(config.workdir) / name)
+      tree["workdir"] = os.path.join(config.workdir, name)  # a gs:// workdir stays one
     if previous is not None:
-      tree["model"]["path"] = tree["tokenizer"]["path"] = str(pathlib.PurePath(previous.workdir) / EXPORT_DIR)
+      tree["model"]["path"] = tree["tokenizer"]["path"] = os.path.join(previous.workdir, EXPORT_DIR)
       tree["train"]["format_warmup_steps"] = 0
     if index + 1 < len(config.stages):
       tree["train"]["export_hf"] = True  # the next stage's start

@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from paw_jax import sharding
+from paw_jax import multihost, sharding
 from paw_jax.algos.losses import LossConfig, chunked_logprobs, total_loss, wm_term
 from paw_jax.batch import TrainBatch
 from paw_jax.config import OptimConfig
@@ -57,9 +57,11 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 
 def init_state(params: Any, optimizer: optax.GradientTransformation, with_ref: bool,
                ref_dtype: str = "float32") -> TrainState:
-  """A fresh state; `with_ref` keeps a copy of `params` in `ref_dtype` as the KL reference (it is only read)."""
+  """A fresh state; `with_ref` keeps a copy of `params` in `ref_dtype` as the KL reference (it is only read). The
+  counters (and the optimizer's) are replicated on the params' mesh: global arrays, as a checkpoint needs."""
   ref = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype), params) if with_ref else None
-  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), ref, jnp.zeros((), jnp.int32))
+  state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), ref, jnp.zeros((), jnp.int32))
+  return multihost.replicate_unplaced(state, multihost.mesh_of(params))
 
 
 def token_logprobs(graphdef: nnx.GraphDef, params: Any, tokens_BxT: jax.Array, mask_BxT: jax.Array,
@@ -225,7 +227,7 @@ class Learner:
         old.append(self._logprobs(self.state.params, *inputs))
       if with_ref:
         ref.append(self._logprobs(self.state.ref_params, *inputs))
-    old, ref = jax.device_get((old, ref))
+    old, ref = multihost.fetch((old, ref))
     if trainer_logp:
       batch.trainer_logp_BxT = np.concatenate(old).astype(np.float32)
     if with_ref:

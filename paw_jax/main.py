@@ -4,10 +4,16 @@ The config file's `get_config(arg)` returns the run's ConfigDict; any field can 
 whole config is converted and checked before anything is built: a user error (a missing file, an unknown or
 misspelt field, a wrong type, a value out of range) exits with status 2 and one line naming it; `--debug` shows the
 traceback. Library logs are at WARNING unless `--verbosity=0` (absl's INFO) or higher is given.
+
+One of several processes that raises prints its traceback and exits at once with status 1 (`exit_now`): JAX's
+shutdown barrier would hold it for minutes waiting for the others, which in turn fail within their own collective
+timeout or are stopped by the launcher.
 """
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,12 +23,25 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a configuration error.")
 
 
-def _user_error(error: BaseException) -> None:
-  """One line on stderr and exit status 2 (the traceback only with --debug)."""
-  if "--debug" in sys.argv or "--debug=true" in sys.argv:
+def _user_error(error: BaseException, several: bool = False) -> None:
+  """One line on stderr and exit status 2 (the traceback only with --debug); `several`: one process of several."""
+  debug = "--debug" in sys.argv or "--debug=true" in sys.argv
+  if debug and not several:
     raise error
-  print(f"paw_jax: {_one_line(error)}", file=sys.stderr)
+  message = "".join(traceback.format_exception(error)) if debug else f"paw_jax: {_one_line(error)}"
+  if several:
+    exit_now(2, message)
+  print(message, file=sys.stderr)
   sys.exit(2)
+
+
+def exit_now(status: int, message: str) -> None:
+  """Prints `message` on stderr and ends the process without JAX's shutdown barrier (the other processes of a run
+  may never reach it)."""
+  import jax
+  print(f"process {jax.process_index()}: {message}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(status)
 
 
 def _one_line(error: BaseException) -> str:
@@ -54,12 +73,16 @@ def main(argv) -> None:
   except (OSError, ConfigError) as error:
     _user_error(error)
   from paw_jax.distributed import maybe_initialize_distributed
-  maybe_initialize_distributed()  # multi-process launches (launch/); a no-op on one process
+  several = maybe_initialize_distributed()  # multi-process launches (launch/); a no-op on one process
   from paw_jax.train import train
   try:
     final = train(config)
   except ConfigError as error:  # found once the tokenizer or the workdir is read: before any model is built
-    _user_error(error)
+    _user_error(error, several)
+  except Exception:  # noqa: BLE001 -- any failure of one process of several
+    if not several:
+      raise
+    exit_now(1, traceback.format_exc())
   if final:
     width = max(len(k) for k in final)
     print("\nfinal evaluation")

@@ -14,11 +14,11 @@ import logging
 import math
 import numbers
 import os
-import pathlib
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm.auto import tqdm
 
 METRICS_FILE = "metrics.jsonl"
@@ -108,25 +108,26 @@ def _scalar(name: str, value: Any) -> int | float | None:
 
 
 class MetricsWriter:
-  """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl (and TensorBoard scalars to workdir/tb).
+  """Writes `{"step": s, **metrics}` lines to workdir/metrics.jsonl (and TensorBoard scalars to workdir/tb).
 
-  Every line is flushed, so a killed run keeps what it logged. `keep_through`: the step a run resumes after (its
-  checkpoint's); records of later steps, logged by the killed run after that checkpoint, are cut first, so the file
-  holds each step once. Only process 0 writes.
+  The file is rewritten whole at every record, to a temporary file renamed into place: object stores (gs://) have no
+  append, and a killed run keeps what it logged. `keep_through`: the step a run resumes after (its checkpoint's);
+  records of later steps, logged by the killed run after that checkpoint, are dropped, so the file holds each step
+  once. Only process 0 writes.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, keep_through: int | None = None, use_tensorboard: bool = True):
-    self.workdir = pathlib.Path(workdir)
+  def __init__(self, workdir: str | os.PathLike, keep_through: int | None = None, use_tensorboard: bool = True):
+    self.workdir = epath.Path(workdir)
     self._primary = jax.process_index() == 0
-    self._file = None
+    self._lines: list[str] = []
     self._tb = None
     if not self._primary:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
     path = self.workdir / METRICS_FILE
     if path.is_file():
-      _cut_after(path, keep_through)
-    self._file = path.open("a", encoding="utf-8")
+      self._lines = [json.dumps(r) + "\n" for r in _records(path) if keep_through is None or r["step"] <= keep_through]
+      self._save()
     if use_tensorboard:
       from tensorboardX import SummaryWriter  # slow import: only when asked for
       self._tb = SummaryWriter(logdir=str(self.workdir / "tb"))
@@ -137,17 +138,21 @@ class MetricsWriter:
     if "step" in metrics:
       raise ValueError("MetricsWriter.write: 'step' is the record's own key; pass it as the step argument")
     record = {"step": int(step), **{name: _scalar(name, value) for name, value in metrics.items()}}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    self._lines.append(json.dumps(record) + "\n")
+    self._save()
     if self._tb is not None:
       for name, value in record.items():
         if name != "step" and value is not None:
           self._tb.add_scalar(name, value, record["step"])
       self._tb.flush()
 
+  def _save(self) -> None:
+    path = self.workdir / METRICS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(self._lines), encoding="utf-8")
+    tmp.replace(path)
+
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -158,15 +163,7 @@ class MetricsWriter:
     self.close()
 
 
-def _cut_after(path: pathlib.Path, step: int | None) -> None:
-  """Rewrites `path` (atomically) without the records after `step` (None: keeps all) and half-written lines."""
-  kept = [record for record in _records(path) if step is None or record["step"] <= step]
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
-  os.replace(tmp, path)
-
-
-def _records(path: pathlib.Path) -> list[dict[str, Any]]:
+def _records(path: epath.Path) -> list[dict[str, Any]]:
   records, bad_lines = [], []
   for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
     if not line.strip():
@@ -183,9 +180,9 @@ def _records(path: pathlib.Path) -> list[dict[str, Any]]:
   return records
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
   """The records of workdir/metrics.jsonl in order; unreadable lines (half-written by a killed run) are skipped."""
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = epath.Path(workdir) / METRICS_FILE
   if not path.is_file():
     raise FileNotFoundError(f"no {METRICS_FILE} in {workdir}")
   return _records(path)

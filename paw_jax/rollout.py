@@ -4,6 +4,10 @@ G rollouts per task form a group (same Task, so the same initial state); every a
 generated in one sampler call per turn, whatever its group. Each Turn keeps what training needs: the prompt and
 response tokens, sampler log-probs and entropies, the raw next observation (PaW's WM target), reward, done, ids, the
 current observation (GiGPO's anchor) and the params version that produced it.
+
+Several processes: each plays its own share of the tasks (`multihost.process_share`) in its own env pool, and every
+sampler call is one collective call over every process's prompts (each row with its own key), so decoding is split
+over all devices and never repeated; `gather_rollouts` then gives every process the whole update's turns.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paw_jax import multihost
 from paw_jax.envs.base import Task, TextEnv, parse_action
 from paw_jax.envs.pool import EnvPool
 from paw_jax.models.tokenizer import Tokenizer
@@ -84,16 +89,23 @@ def build_prompt(tokenizer: Tokenizer, env_cls: type[TextEnv], cfg: PromptConfig
 
 def run_episodes(pool: EnvPool, env_cls: type[TextEnv], sampler: Sampler, params: Any, tokenizer: Tokenizer,
                  tasks: Sequence[Task], group_size: int, prompt_cfg: PromptConfig, sampling_cfg: SamplingConfig,
-                 rng: jax.Array, params_version: int = 0,
-                 worker_independent: bool = False) -> tuple[list[Turn], list[Episode], RolloutStats]:
+                 rng: jax.Array, params_version: int = 0, worker_independent: bool = False,
+                 first_group: int = 0) -> tuple[list[Turn], list[Episode], RolloutStats]:
   """Plays `group_size` episodes of every task (in waves of at most `pool.num_envs`); returns turns and episodes.
+  Task i is group `first_group + i` (a process's share of the update's groups keeps the groups' global ids).
 
   Sampling keys: one per sampler call, split from `rng` wave by wave. `worker_independent` (evaluation panels): a key
   per episode and turn (`turn_keys`) and sampler calls of one fixed size (`sampling_cfg.eval_rows`, or the number of
   episodes when fewer), so an episode's draws and tokens, and so its outcome, do not depend on the waves (the pool's
   size) nor on which other episodes share a sampler call.
+
+  With several processes every process must call this together (its own tasks, possibly none), `worker_independent`
+  (one key per row: the rows of all processes share each sampler call).
   """
-  specs = [(g, i, task) for g, task in enumerate(tasks) for i in range(group_size)]
+  if multihost.is_multiprocess() and not worker_independent:
+    raise ValueError("run_episodes: several processes share each sampler call, so worker_independent must be set")
+  specs = [(first_group + g, i, task) for g, task in enumerate(tasks) for i in range(group_size)]
+  total_episodes = sum(multihost.gather_objects(len(specs)))
   turns: list[Turn] = []
   episodes: list[Episode] = []
   stats = RolloutStats()
@@ -103,10 +115,41 @@ def run_episodes(pool: EnvPool, env_cls: type[TextEnv], sampler: Sampler, params
     rng, wave_rng = jax.random.split(rng)
     wave_turns, wave_episodes = _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampling_cfg,
                                           episode_rng if worker_independent else wave_rng, params_version, stats,
-                                          min(len(specs), sampling_cfg.eval_rows) if worker_independent else 0)
+                                          min(total_episodes, sampling_cfg.eval_rows) if worker_independent else 0)
     turns += wave_turns
     episodes += wave_episodes
+  while _sample(sampler, params, [], None, sampling_cfg, min(total_episodes, sampling_cfg.eval_rows))[1]:
+    pass  # this process is done: it joins the other processes' sampler calls until they are too
   return turns, episodes, stats
+
+
+def _sample(sampler: Sampler, params: Any, prompts: list[list[int]], rng: jax.Array | None, cfg: SamplingConfig,
+            rows: int) -> tuple[list[dict[str, np.ndarray]], bool]:
+  """(this process's samples, whether any process had prompts). One process: the sampler's call. Several: one call
+  over every process's prompts and keys (gathered), each process taking back its own rows."""
+  if not multihost.is_multiprocess():
+    return sampler(params, prompts, rng, cfg, rows=rows), bool(prompts)
+  keys = None if rng is None else np.asarray(jax.random.key_data(rng))
+  every = multihost.gather_objects((prompts, keys))
+  all_prompts = [p for process_prompts, _ in every for p in process_prompts]
+  if not all_prompts:
+    return [], False
+  all_keys = jax.random.wrap_key_data(np.concatenate([k for p, k in every if p]))
+  samples = sampler(params, all_prompts, all_keys, cfg, rows=rows)
+  start = sum(len(p) for p, _ in every[:jax.process_index()])
+  return samples[start:start + len(prompts)], True
+
+
+def gather_rollouts(turns: list[Turn], episodes: list[Episode],
+                    stats: RolloutStats) -> tuple[list[Turn], list[Episode], RolloutStats]:
+  """Every process's turns and episodes (all of them in each process), in (group, trajectory, turn) order, and the
+  stats summed; with one process, the same rows reordered."""
+  every = multihost.gather_objects((turns, episodes, stats))
+  turns = sorted((t for p_turns, _, _ in every for t in p_turns), key=lambda t: (t.group_id, t.traj_id, t.step))
+  episodes = sorted((e for _, p_episodes, _ in every for e in p_episodes), key=lambda e: (e.group_id, e.traj_id))
+  total = RolloutStats(**{f.name: sum(getattr(s, f.name) for _, _, s in every)
+                          for f in dataclasses.fields(RolloutStats)})
+  return turns, episodes, total
 
 
 def turn_keys(rng: jax.Array, group_B: Sequence[int], traj_B: Sequence[int], step_B: Sequence[int]) -> jax.Array:
@@ -148,7 +191,7 @@ def _run_wave(pool, env_cls, sampler, params, tokenizer, wave, prompt_cfg, sampl
     else:
       rng, turn_rng = jax.random.split(rng)
     start = time.perf_counter()
-    samples = sampler(params, prompts, turn_rng, sampling_cfg, rows=fixed_rows)
+    samples, _ = _sample(sampler, params, prompts, turn_rng, sampling_cfg, fixed_rows)
     stats.sample_s += time.perf_counter() - start
     replies = [tokenizer.decode(s["tokens"].tolist(), skip_special_tokens=True) for s in samples]
     start = time.perf_counter()

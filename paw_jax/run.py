@@ -7,13 +7,13 @@ the env's first prompt must fit `sampling.max_prompt_len` (rendered with the tok
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any
 
 import jax
+from etils import epath
 from flax import nnx
 
-from paw_jax import sharding
+from paw_jax import multihost, sharding
 from paw_jax.config import CONFIG_FILE, Config, ConfigError, check_resume, config_json
 from paw_jax.envs import Task, TextEnv, env_class, make
 from paw_jax.envs.pool import EnvPool
@@ -29,7 +29,7 @@ from paw_jax.scratch import train_env_tokenizer
 @dataclasses.dataclass
 class Run:
   config: Config
-  workdir: pathlib.Path
+  workdir: epath.Path  # a local path or any filesystem etils.epath knows (gs://...)
   mesh: jax.sharding.Mesh
   tokenizer: Tokenizer
   model_cfg: ModelConfig
@@ -41,12 +41,14 @@ class Run:
   @classmethod
   def open(cls, config: Config, resuming: bool) -> Run:
     """`resuming`: the workdir holds a checkpoint to go on from, so its saved config must match."""
-    workdir = pathlib.Path(config.workdir)
+    workdir = epath.Path(config.workdir)
     saved = workdir / CONFIG_FILE
     if resuming and saved.is_file():
       check_resume(config, saved.read_text())
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(config_json(config))
+    multihost.sync("config checked")  # before process 0 rewrites it
+    if multihost.is_main():
+      workdir.mkdir(parents=True, exist_ok=True)
+      saved.write_text(config_json(config))
     if not jax.config.jax_compilation_cache_dir:  # restarts reuse compiled programs; a cache set by the user wins
       jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
     try:
@@ -82,10 +84,15 @@ class Run:
     return make(self.config.env.name, **self.config.env.kwargs)
 
 
-def load_tokenizer(config: Config, workdir: pathlib.Path) -> Tokenizer:
+def load_tokenizer(config: Config, workdir: epath.Path) -> Tokenizer:
   """The workdir's tokenizer if saved; else the model's own, or for a scratch model a BPE trained on random play."""
   saved = workdir / "tokenizer"
-  if (saved / "tokenizer.json").is_file():
+  exists = (saved / "tokenizer.json").is_file()
+  multihost.sync("tokenizer looked for")  # every process has looked before process 0 writes one
+  if exists:
+    return Tokenizer.load(saved)
+  if not multihost.is_main():  # one vocabulary for every process: process 0's
+    multihost.sync("tokenizer saved")
     return Tokenizer.load(saved)
   path = config.tokenizer.path or config.model.path
   if path:
@@ -96,6 +103,7 @@ def load_tokenizer(config: Config, workdir: pathlib.Path) -> Tokenizer:
                                     config.seed, config.rwml.instruction if config.tokenizer.with_next_state else None)
     env.close()
   tokenizer.save(saved)  # a resumed run must see the very same vocabulary
+  multihost.sync("tokenizer saved")
   return tokenizer
 
 
@@ -121,10 +129,9 @@ def load_model(config: Config, tokenizer: Tokenizer, mesh: jax.sharding.Mesh) ->
   numerics = dict(param_dtype=spec.param_dtype, compute_dtype=spec.compute_dtype, remat=spec.remat,
                   scan_layers=spec.scan_layers)
   if spec.path:
-    cfg, params = hf_io.load_checkpoint(spec.path, **numerics)
-  else:
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                      **dataclasses.asdict(spec.scratch), **numerics)
-    params = hf_io.model_params(Decoder(cfg, rngs=nnx.Rngs(config.seed)))  # small: placed by shardings below
+    return hf_io.load_sharded(spec.path, mesh, **numerics)
+  cfg = ModelConfig(vocab_size=tokenizer.vocab_size, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                    **dataclasses.asdict(spec.scratch), **numerics)
+  params = hf_io.model_params(Decoder(cfg, rngs=nnx.Rngs(config.seed)))  # small: placed by shardings below
   return hf_io.model_from_params(cfg, params, sharding.param_shardings(hf_io.abstract_model(cfg), mesh))
 

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from paw_jax import sharding
+from paw_jax import multihost, sharding
 from paw_jax.algos.losses import logprobs_from_logits
 from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import Decoder, KVCache
@@ -341,7 +341,7 @@ class Sampler:
     inputs = {"prompt_BxP": prompt_BxP, "mask_BxP": mask_BxP}
     if self.mesh is not None:  # each device receives its own rows
       inputs = sharding.shard_rows(inputs, self.mesh)
-    out = jax.device_get(generate(self.graphdef, params, inputs["prompt_BxP"], inputs["mask_BxP"], rng,
+    out = multihost.fetch(generate(self.graphdef, params, inputs["prompt_BxP"], inputs["mask_BxP"], rng,
                                   self._stop_table, self._eos_ids, self.pad_id, cfg, self.mesh, self.prefill_chunk))
     results = []
     for row in range(len(prompts)):

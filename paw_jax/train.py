@@ -8,12 +8,10 @@ temporary directory and renamed, so a killed export leaves none.
 """
 from __future__ import annotations
 
-import pathlib
-import shutil
-
-import jax
+from etils import epath
 from flax import nnx
 
+from paw_jax import multihost
 from paw_jax.checkpoint import Checkpointer
 from paw_jax.config import EXPORT_DIR, Config, stage_configs
 from paw_jax.metrics import METRICS_FILE, MetricsWriter, progress, read_metrics
@@ -28,7 +26,7 @@ def train(config: Config) -> dict[str, float]:
   A stage before the last is done when its exported policy is in its workdir: a run launched again skips it."""
   stages = stage_configs(config)
   for stage in stages[:-1]:
-    done = pathlib.Path(stage.workdir) / EXPORT_DIR
+    done = epath.Path(stage.workdir) / EXPORT_DIR
     print(f"stage {stage.stages[0]}: {'done, skipped' if done.is_dir() else 'running'} ({stage.workdir})", flush=True)
     if not done.is_dir():
       train_stage(stage)
@@ -53,7 +51,7 @@ def train_stage(config: Config) -> dict[str, float]:
       start_update = 0
     else:
       program.build()
-      states, meta = checkpointer.restore(jax.eval_shape(program.learner.states))
+      states, meta = checkpointer.restore(multihost.abstract(program.learner.states()))
       program.learner.load_states(states)
       start_update = int(meta["next_update"])
       print(f"resumed from {checkpointer.directory} at update {start_update}")
@@ -80,17 +78,21 @@ def train_stage(config: Config) -> dict[str, float]:
   return last_eval
 
 
-def export(run: Run, params, out_dir: pathlib.Path) -> None:
-  """The policy and tokenizer as a HF directory: written beside `out_dir` and renamed into place when complete."""
+def export(run: Run, params, out_dir: epath.Path) -> None:
+  """The policy and tokenizer as a HF directory: written beside `out_dir` and renamed into place when complete.
+  Several processes: every one gathers the tensors with the others; process 0 writes."""
   tmp = out_dir.with_name(out_dir.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)  # a killed export's leftovers
+  if multihost.is_main():
+    tmp.rmtree(missing_ok=True)  # a killed export's leftovers
   hf_io.save_model(nnx.merge(run.graphdef, params), tmp)
-  run.tokenizer.save(tmp)
-  shutil.rmtree(out_dir, ignore_errors=True)
-  tmp.rename(out_dir)
+  if multihost.is_main():
+    run.tokenizer.save(tmp)
+    out_dir.rmtree(missing_ok=True)
+    tmp.rename(out_dir)
+  multihost.sync("export")  # the stage is done for every process once its export is in place
 
 
-def latest_eval(workdir: pathlib.Path) -> dict[str, float]:
+def latest_eval(workdir: epath.Path) -> dict[str, float]:
   """The eval metrics last logged in `workdir` ({} if none): what a run resumed at its final update returns (a
   metric logged as null, a NaN, is NaN again)."""
   records = read_metrics(workdir) if (workdir / METRICS_FILE).is_file() else []

@@ -10,10 +10,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import pathlib
+import os
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 
 from paw_jax.envs.base import TextEnv
 from paw_jax.rollout import Episode, Turn
@@ -109,10 +110,10 @@ def epoch_batch(num_items: int, per_batch: int, index: int, seed: int) -> np.nda
   return np.array([orders[e][p % num_items] for e, p in zip(epochs, positions)], np.int64)
 
 
-def save(path: str | pathlib.Path, triplets: Sequence[Triplet], env: str) -> None:
+def save(path: str | os.PathLike, triplets: Sequence[Triplet], env: str) -> None:
   """One header line ({"schema", "env"}) and one JSON object per triplet; written to a temporary file and renamed, so
   a killed run never leaves half a file that a resume would take for a finished stage."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
   with tmp.open("w", encoding="utf-8") as f:
@@ -122,9 +123,9 @@ def save(path: str | pathlib.Path, triplets: Sequence[Triplet], env: str) -> Non
   tmp.replace(path)
 
 
-def load(path: str | pathlib.Path, env: str) -> list[Triplet]:
+def load(path: str | os.PathLike, env: str) -> list[Triplet]:
   """The triplets of `path`; a file of another env or schema version is a one-line ValueError naming both."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   lines = path.read_text(encoding="utf-8").splitlines()
   header = json.loads(lines[0]) if lines else {}
   if header.get("schema") != SCHEMA_VERSION or header.get("env") != env:

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 import sys
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
+from paw_jax import multihost
 from paw_jax import triplets as triplet_store
 from paw_jax.batch import observation_ids
 from paw_jax.config import Config
@@ -41,14 +42,15 @@ PANEL_SEED_OFFSET = 3  # random play seeded apart from the tokenizer corpus (+0)
 NEXT_STATE_PREFIX = tagged("think", "") + f"<{NEXT_STATE_TAG}>"  # what a next-state reply holds before the state
 
 
-def load_or_build_panel(config: Config, env: TextEnv, workdir: pathlib.Path) -> list[Triplet]:
-  """The workdir's panel, or a new one saved there."""
+def load_or_build_panel(config: Config, env: TextEnv, workdir: epath.Path) -> list[Triplet]:
+  """The workdir's panel, or a new one (seeded: the same in every process) saved there by process 0."""
   path = workdir / PANEL_FILE
   if path.is_file():
     return triplet_store.load(path, config.env.name)
   panel = triplet_store.random_play_triplets(env, config.env.name, config.env.eval_split, config.rwml.panel_size,
                                config.prompt.history, config.seed + PANEL_SEED_OFFSET)
-  triplet_store.save(path, panel, config.env.name)
+  if multihost.is_main():
+    triplet_store.save(path, panel, config.env.name)
   return panel
 
 

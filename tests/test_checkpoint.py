@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from paw_jax import sharding
@@ -135,3 +136,14 @@ def test_bad_input_is_named(tmp_path):
   with pytest.raises(ValueError, match="keep and save_every must be >= 1"):
     Checkpointer(tmp_path, keep=0)
 
+
+
+def test_an_epath_workdir_round_trips(tmp_path):
+  state = {"w": jnp.arange(4.0)}
+  with Checkpointer(epath.Path(tmp_path) / "run") as ckpt:
+    ckpt.save(1, state, {"next_update": 1}, force=True)
+    ckpt.wait()
+  with Checkpointer(str(tmp_path / "run")) as resumed:
+    restored, meta = resumed.restore(state)
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  assert meta == {"next_update": 1}

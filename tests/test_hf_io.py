@@ -8,6 +8,7 @@ import torch
 import transformers
 
 from hf_models import CONFIGS, make_hf_model
+from paw_jax import sharding
 from paw_jax.models import hf_io
 
 
@@ -38,6 +39,22 @@ def test_index_sharded_directory_saves_and_loads(tmp_path):
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sharded", dtype=torch.float32)
   for key, value in hf_model.state_dict().items():
     np.testing.assert_array_equal(reloaded.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+
+
+@pytest.mark.parametrize("name, param_dtype", [("llama3", "float32"), ("qwen2", "float32"), ("qwen3", "bfloat16")])
+def test_sharded_loading_reads_each_devices_block_and_equals_the_whole_checkpoint(name, param_dtype, tmp_path):
+  make_hf_model(name).to(torch.bfloat16 if param_dtype == "bfloat16" else torch.float32).save_pretrained(tmp_path)
+  mesh = sharding.make_mesh(data=1, fsdp=4, tensor=2)
+  model = hf_io.load_sharded(tmp_path, mesh, param_dtype=param_dtype)
+  cfg, expected = hf_io.load_checkpoint(tmp_path, param_dtype=param_dtype)
+  loaded, shardings = hf_io.model_params(model), sharding.param_shardings(hf_io.abstract_model(cfg), mesh)
+  split = 0
+  leaves = jax.tree_util.tree_leaves_with_path(loaded)
+  for (path, array), want, placement in zip(leaves, jax.tree.leaves(expected), jax.tree.leaves(shardings)):
+    assert array.sharding == placement and array.dtype == want.dtype, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(np.asarray(array), want, err_msg=jax.tree_util.keystr(path))
+    split += array.addressable_shards[0].data.size < array.size
+  assert split >= 8  # most tensors really are split across devices (q/k/v/o over fsdp x tensor)
 
 
 def test_missing_tensor_and_missing_config_are_named(tmp_path):

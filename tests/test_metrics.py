@@ -6,6 +6,7 @@ import struct
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 from tensorboardX.proto import event_pb2
 
 from paw_jax.metrics import METRICS, MetricsWriter, progress, read_metrics, reduce_step_metrics
@@ -41,7 +42,9 @@ def test_jsonl_and_tensorboard_hold_exactly_what_was_written(tmp_path):
       ("won", 2): 1.0}  # NaN is not sent
 
 
-def test_a_resumed_log_is_cut_back_to_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("as_path", [pathlib.Path, epath.Path])  # epath: the workdir's type (gs://... too)
+def test_a_resumed_log_is_cut_back_to_its_checkpoint(tmp_path, as_path):
+  tmp_path = as_path(tmp_path)
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "loss": 3.0}\n{"step": 4, "lo')
   with MetricsWriter(tmp_path, keep_through=2, use_tensorboard=False) as writer:  # resumed from update 2's checkpoint

@@ -1,8 +1,11 @@
 """Tokenizer: in-process BPE, ChatML rendering, save/load through transformers, SmolLM2 from GGUF, stop tokens."""
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import transformers
+from etils import epath
 
 from paw_jax.models import assets
 from paw_jax.models.tokenizer import Tokenizer
@@ -78,7 +81,9 @@ def test_custom_chat_template():
   assert tok.apply_chat_template(MESSAGES[:2]) == "[You play a text game.][You see a mug.]"
 
 
-def test_saved_directory_loads_identically_in_transformers(bpe, tmp_path):
+@pytest.mark.parametrize("as_path", [pathlib.Path, epath.Path])  # epath: the workdir's type (gs://... too)
+def test_saved_directory_loads_identically_in_transformers(bpe, tmp_path, as_path):
+  tmp_path = as_path(tmp_path)
   bpe.save(tmp_path)
   hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
   for text in UNICODE_TEXTS + CORPUS[:3]:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
-from safetensors.flax import save_file
+from etils import epath
+from safetensors.flax import save
 
+from paw_jax import multihost, sharding
 from paw_jax.models.assets import resolve_model_path
 from paw_jax.models.config import ModelConfig
 from paw_jax.models.gguf_io import read_gguf
@@ -96,11 +99,15 @@ def hf_to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray] | Any) -> dict
 
 def params_to_hf(cfg: ModelConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
   """Our nested param dict -> HF-named tensors (inverse of `hf_to_params`)."""
-  tensors = {}
+  return dict(hf_tensors(cfg, params))
+
+
+def hf_tensors(cfg: ModelConfig, params: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
+  """(HF name, host tensor) one at a time; a global array of several processes is gathered to each (every process
+  must iterate together)."""
   for path, key, _, in_dims in _param_table(cfg):
-    array = np.asarray(params[path[0]]) if len(path) == 1 else np.asarray(params["layers"][path[1]][int(path[2])])
-    tensors[key] = np.ascontiguousarray(_to_hf(array, key, in_dims))
-  return tensors
+    value = params[path[0]] if len(path) == 1 else params["layers"][path[1]][int(path[2])]
+    yield key, np.ascontiguousarray(_to_hf(np.asarray(multihost.fetch(value)), key, in_dims))
 
 
 def abstract_model(cfg: ModelConfig) -> Decoder:
@@ -159,8 +166,28 @@ class _SafetensorsDir:
 
   def __getitem__(self, key: str) -> np.ndarray:
     key = self._key(key)
-    with safe_open(self._file_of[key], framework="flax") as f:
-      return np.asarray(f.get_tensor(key).astype(jnp.float32))
+    with safe_open(self._file_of[key], framework="numpy") as f:
+      return f.get_tensor(key).astype(np.float32)
+
+  def block(self, key: str, shape: tuple[int, ...], in_dims: int | None, index: Sequence[slice]) -> np.ndarray:
+    """`index` (slices) of the tensor in our layout of `shape`, reading only the HF rows and columns it covers.
+
+    Our layout is the HF [out, in] weight transposed and reshaped to (*in_shape, *out_shape), so a block of ours is
+    an (out, in) set of flat indices of the HF tensor: one rectangular read, then a gather within it."""
+    key = self._key(key)
+    ranges = [range(*s.indices(n)) for s, n in zip(index, shape)]
+    with safe_open(self._file_of[key], framework="numpy") as f:
+      hf = f.get_slice(key)
+      if math.prod(hf.get_shape()) != math.prod(shape):
+        raise ValueError(f"tensor '{key}' has shape {tuple(hf.get_shape())}; expected {math.prod(shape)} elements "
+                         f"for {shape}")
+      if in_dims is None:  # our layout; a flat HF bias is a [heads, head_dim] one of ours (small: read whole)
+        return hf[tuple(index)] if len(hf.get_shape()) == len(shape) else hf[:].reshape(shape)[tuple(index)]
+      in_flat = np.ravel_multi_index(np.ix_(*ranges[:in_dims]), shape[:in_dims]).ravel()
+      out_flat = np.ravel_multi_index(np.ix_(*ranges[in_dims:]), shape[in_dims:]).ravel()
+      box = hf[int(out_flat.min()):int(out_flat.max()) + 1, int(in_flat.min()):int(in_flat.max()) + 1]
+    block = box[np.ix_(out_flat - out_flat.min(), in_flat - in_flat.min())].T
+    return block.reshape([len(r) for r in ranges])
 
 
 def load_checkpoint(path: str | pathlib.Path, **cfg_overrides) -> tuple[ModelConfig, dict[str, Any]]:
@@ -179,31 +206,81 @@ def load_model(path: str | pathlib.Path, shardings: Any = None, **cfg_overrides)
   return model_from_params(cfg, params, shardings)
 
 
-def save_model(model: Decoder, out_dir: str | pathlib.Path, max_shard_bytes: int = 4 << 30) -> pathlib.Path:
-  """Writes config.json + safetensors (index-sharded above `max_shard_bytes`) that transformers loads."""
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  cfg = model.cfg
-  tensors = params_to_hf(cfg, jax.device_get(model_params(model)))
-  (out_dir / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
-  shards: list[dict[str, np.ndarray]] = [{}]
-  shard_bytes = 0
-  for key, array in tensors.items():
-    if shard_bytes and shard_bytes + array.nbytes > max_shard_bytes:
-      shards.append({})
-      shard_bytes = 0
-    shards[-1][key] = array
-    shard_bytes += array.nbytes
-  if len(shards) == 1:
-    save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, out_dir / "model.safetensors",
-              metadata={"format": "pt"})
+def load_sharded(path: str | pathlib.Path, mesh: jax.sharding.Mesh, **cfg_overrides) -> Decoder:
+  """The checkpoint's Decoder placed on `mesh` by the sharding rules, each process reading from the safetensors only
+  the blocks its own devices hold, in the param dtype: no host ever holds a whole fp32 copy. (A .gguf file is read
+  whole, then placed.)"""
+  path = resolve_model_path(str(path))
+  if path.suffix == ".gguf":
+    cfg, params = load_checkpoint(path, **cfg_overrides)
+    return model_from_params(cfg, params, sharding.param_shardings(abstract_model(cfg), mesh))
+  cfg = ModelConfig.from_hf(read_config(path), **cfg_overrides)
+  shardings = sharding.param_shardings(abstract_model(cfg), mesh)
+  tensors, dtype = _SafetensorsDir(path), np.dtype(cfg.param_jnp_dtype)
+  entries: dict[tuple[str, ...], list[tuple[str, tuple[int, ...], int | None]]] = {}
+  for param_path, key, shape, in_dims in _param_table(cfg):
+    if key not in tensors:
+      raise KeyError(f"checkpoint has no tensor '{key}' (needed for {cfg.model_type} with this config)")
+    entries.setdefault(param_path[:2], []).append((key, shape, in_dims))
+
+  def load(param_path: tuple[str, ...], layers: list[tuple[str, tuple[int, ...], int | None]]) -> jax.Array:
+    if param_path[0] != "layers":
+      (key, shape, in_dims), = layers
+      return jax.make_array_from_callback(
+          shape, shardings[param_path[0]], lambda index: tensors.block(key, shape, in_dims, index).astype(dtype))
+    shape = layers[0][1]
+
+    def stacked_block(index):  # index[0]: the layers this device holds
+      return np.stack([tensors.block(key, shape, in_dims, index[1:]).astype(dtype)
+                       for key, _, in_dims in layers[index[0]]])
+    return jax.make_array_from_callback((len(layers), *shape), shardings["layers"][param_path[1]], stacked_block)
+
+  params: dict[str, Any] = {"layers": {}}
+  for param_path, layers in entries.items():
+    array = load(param_path, layers)
+    if param_path[0] == "layers":
+      params["layers"][param_path[1]] = array
+    else:
+      params[param_path[0]] = array
+  return model_from_params(cfg, params, shardings)
+
+
+def save_model(model: Decoder, out_dir: str | os.PathLike, max_shard_bytes: int = 4 << 30) -> epath.Path:
+  """Writes config.json + safetensors (index-sharded above `max_shard_bytes`) that transformers loads.
+
+  The tensors are fetched one at a time and written a shard at a time (host memory: one shard). Several processes:
+  all call this together (each tensor is gathered from every process's devices) and process 0 writes."""
+  out_dir, cfg = epath.Path(out_dir), model.cfg
+  write = multihost.is_main()
+  if write:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+  shards: list[list[str]] = []  # the names in each written shard
+  shard: dict[str, np.ndarray] = {}
+  total = 0
+
+  def flush(name: str) -> None:
+    if write:
+      (out_dir / name).write_bytes(save({k: jnp.asarray(v) for k, v in shard.items()}, metadata={"format": "pt"}))
+    shards.append(list(shard))
+    shard.clear()
+
+  for key, array in hf_tensors(cfg, model_params(model)):
+    if shard and sum(a.nbytes for a in shard.values()) + array.nbytes > max_shard_bytes:
+      flush(f"model-{len(shards) + 1:05d}.safetensors")
+    shard[key] = array
+    total += array.nbytes
+  if not shards:
+    flush("model.safetensors")
     return out_dir
-  weight_map = {}
-  for i, shard in enumerate(shards):
+  flush(f"model-{len(shards) + 1:05d}.safetensors")
+  weight_map = {}  # the HF names carry the shard count: rename now that it is known
+  for i, keys in enumerate(shards):
     name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    save_file({k: jnp.asarray(v) for k, v in shard.items()}, out_dir / name, metadata={"format": "pt"})
-    weight_map.update({key: name for key in shard})
-  total = sum(a.nbytes for a in tensors.values())
-  (out_dir / "model.safetensors.index.json").write_text(
-      json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    if write:
+      (out_dir / f"model-{i + 1:05d}.safetensors").rename(out_dir / name)
+    weight_map.update({key: name for key in keys})
+  if write:
+    (out_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
   return out_dir

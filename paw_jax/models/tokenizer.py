@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import tempfile
 from typing import Sequence
 
 import tokenizers
 import transformers
+from etils import epath
 
 from paw_jax.models.assets import resolve_model_path
 
@@ -46,7 +48,12 @@ class Tokenizer:
 
   @classmethod
   def load(cls, name_or_path: str | os.PathLike) -> Tokenizer:
-    """From an alias ("smollm2"), a `.gguf` file or a directory with tokenizer.json."""
+    """From an alias ("smollm2"), a `.gguf` file or a directory with tokenizer.json (local or gs://...)."""
+    if "://" in str(name_or_path):  # transformers reads local files: a copy of the directory
+      with tempfile.TemporaryDirectory() as local:
+        for file in epath.Path(name_or_path).iterdir():
+          (pathlib.Path(local) / file.name).write_bytes(file.read_bytes())
+        return cls.load(local)
     path = resolve_model_path(str(name_or_path))
     if path.is_file() and path.suffix == ".gguf":
       return cls(transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
@@ -75,10 +82,15 @@ class Tokenizer:
         chat_template=chat_template or CHATML_TEMPLATE)
     return cls(hf)
 
-  def save(self, directory: str | os.PathLike) -> pathlib.Path:
-    """Writes tokenizer.json, tokenizer_config.json and the chat template; AutoTokenizer reads the directory."""
-    directory = pathlib.Path(directory)
-    self.hf.save_pretrained(directory)
+  def save(self, directory: str | os.PathLike) -> epath.Path:
+    """Writes tokenizer.json, tokenizer_config.json and the chat template (to any filesystem etils.epath knows);
+    AutoTokenizer reads the directory."""
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as local:  # transformers writes local files
+      self.hf.save_pretrained(local)
+      for file in pathlib.Path(local).iterdir():
+        (directory / file.name).write_bytes(file.read_bytes())
     return directory
 
   def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:

@@ -22,8 +22,10 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from paw_jax import multihost
 from paw_jax import triplets as triplet_store
 from paw_jax.batch import prepare
+from paw_jax.config import ConfigError
 from paw_jax.envs import Task
 from paw_jax.envs.pool import EnvPool
 from paw_jax.learner import Learner, rl_loss
@@ -126,6 +128,9 @@ def one_turn_episodes(triplets: Sequence[Triplet], prompts: Sequence[list[int]],
 
 class RWMLProgram:
   def __init__(self, run: Run, pool: EnvPool):
+    if multihost.is_multiprocess():
+      raise ConfigError("stages: the rwml stage runs in one process (its collect, filter and sampling are not split "
+                        "across processes); run it alone, then the rl stage on several")
     self.run, self.pool = run, pool
     c = run.config
     self.judge = Judge.load(c.rwml.similarity, c.rwml.embedder, c.rwml.embedder_path, run.tokenizer,
