@@ -8,6 +8,8 @@ temporary directory and renamed, so a killed export leaves none.
 """
 from __future__ import annotations
 
+import os
+
 from etils import epath
 from flax import nnx
 
@@ -78,9 +80,10 @@ def train_stage(config: Config) -> dict[str, float]:
   return last_eval
 
 
-def export(run: Run, params, out_dir: epath.Path) -> None:
+def export(run: Run, params, out_dir: str | os.PathLike) -> None:
   """The policy and tokenizer as a HF directory: written beside `out_dir` and renamed into place when complete.
   Several processes: every one gathers the tensors with the others; process 0 writes."""
+  out_dir = epath.Path(out_dir)
   tmp = out_dir.with_name(out_dir.name + ".tmp")
   if multihost.is_main():
     tmp.rmtree(missing_ok=True)  # a killed export's leftovers
