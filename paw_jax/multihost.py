@@ -69,10 +69,12 @@ def gather_objects(value: Any) -> list[Any]:
   return [pickle.loads(gathered[p, :int(sizes[p])].tobytes()) for p in range(len(sizes))]
 
 
-def process_share(items: Sequence[Any]) -> tuple[int, list[Any]]:
-  """This process's contiguous block of `items` and the block's first index: process p of P takes items
-  [len·p // P, len·(p+1) // P), so a group's episodes, and its statistics, stay in one process."""
-  count, index = jax.process_count(), jax.process_index()
+def process_share(items: Sequence[Any], count: int | None = None, index: int | None = None) -> tuple[int, list[Any]]:
+  """Process `index`'s (default: this one's) contiguous block of `items` among `count` (default: all) processes, and
+  the block's first index: process p of P takes items [len·p // P, len·(p+1) // P), so a group's episodes, and its
+  statistics, stay in one process."""
+  count = jax.process_count() if count is None else count
+  index = jax.process_index() if index is None else index
   bounds = [len(items) * p // count for p in range(count + 1)]
   return bounds[index], list(items[bounds[index]:bounds[index + 1]])
 
