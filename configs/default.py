@@ -21,11 +21,19 @@ from paw_jax import paper_configs
 from paw_jax.algos.paw import VARIANTS
 from paw_jax.config import base_config
 
-SETTINGS = {  # setting=NAME: the env's kwargs
+LAKE_PROMPT = dict(task="Walk from P to the goal G without falling into a hole O.")
+SETTINGS = {  # setting=NAME: a partial config (the env, its kwargs, the prompt's task wording)
     # random 3x3 maps: 9% random-policy success, enough reward signal to learn from on a CPU
-    "lake3": dict(size=3, hole_prob=0.2, max_steps=8),
+    "lake3": dict(env=dict(name="frozenlake", kwargs=dict(size=3, hole_prob=0.2, max_steps=8)),
+                  prompt=LAKE_PROMPT),
     # random 4x4 maps, no line naming the holes and edges next to the player: the policy must find them on the map
-    "lake4": dict(size=4, hole_prob=0.2, max_steps=12, hazard_hint=False),
+    "lake4": dict(env=dict(name="frozenlake", kwargs=dict(size=4, hole_prob=0.2, max_steps=12, hazard_hint=False)),
+                  prompt=LAKE_PROMPT),
+    # one box in a 4x4 room, 2-5 moves from solved: 8% random-policy success (13% without blocked moves); a push
+    # into a corner loses the level, so what a move does to the box matters
+    "sokoban": dict(env=dict(name="sokoban", kwargs=dict(dim=6, num_boxes=1, min_moves=2, max_moves=5, max_steps=10)),
+                    prompt=dict(task="Push the box X onto the target O: walking into the box pushes it. # is a wall, "
+                                     "P is you.")),
 }
 DEFAULTS = dict(paw="on", setting="lake3")
 
@@ -37,14 +45,13 @@ def get_config(arg: str = ""):
   paw, setting = paper_configs.choice(v, "paw", VARIANTS), paper_configs.choice(v, "setting", SETTINGS)
   c = base_config()
   c.workdir = "runs/" + "-".join(["ci" if ci else "default", *(f"{k}_{x}" for k, x in v.items() if x != DEFAULTS[k])])
-  c.env.name = "frozenlake"
-  c.env.kwargs.update(SETTINGS[setting])
+  for section, fields in SETTINGS[setting].items():
+    c[section].update(fields)
   c.env.num_envs = 128
   c.env.in_process = True  # a pure-Python step costs less than a message to a worker
   c.prompt.history = 0
   c.prompt.think = False
   c.prompt.list_admissible = False  # the instruction names the four moves
-  c.prompt.task = "Walk from P to the goal G without falling into a hole O."
   c.prompt.instruction = "Reply with your move (up, down, left or right) as <action>move</action>."
   c.prompt.order = "task,instruction,history,admissible,observation"
   c.tokenizer.vocab_size = 1024
