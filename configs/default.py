@@ -3,10 +3,12 @@
   python -m paw_jax.main --config=configs/default.py --config.workdir=runs/default
   python -m paw_jax.main --config=configs/default.py:ci   # minutes-sized, for the test suite
   python -m paw_jax.main --config=configs/default.py:paw=echo,setting=lake4 --config.workdir=runs/echo-lake4
+  python -m paw_jax.main --config=configs/default.py:paw=placebo,setting=sokoban --config.workdir=runs/placebo-sokoban
 
 Variants (comma-separated): ci (the minutes-sized run), paw=on (default) | off | ce | lambda1 | echo | placebo
 (algos.paw.VARIANTS), setting=lake3 (default: random 3x3 maps, a line names the hazards next to the player) | lake4
-(random 4x4 maps without that line: the policy must read the map).
+(random 4x4 maps without that line: the policy must read the map) | sokoban (one box in a small room: the grid is the
+observation, and a push into a corner loses the level). bench/paw_ablation.py runs the variants on the settings.
 
 Why these values: the model (~0.5M params, Qwen3 architecture, BPE vocab 1024 trained on the env's own text) is
 small enough to update in seconds on 2 cores; FrozenLake's observation is the whole state, so no history is needed

@@ -148,6 +148,10 @@ def test_default_config_variants():
   env = env_class("frozenlake")(**lake4.env.kwargs.to_dict())
   observation, _ = env.reset(Task("eval", 0))
   assert "Around you" not in observation and len(observation.splitlines()) == 5  # the outcome and the 4x4 map
+  sokoban = from_configdict(load("default.py:setting=sokoban"))
+  assert (sokoban.env.name, sokoban.prompt.task.startswith("Push the box X")) == ("sokoban", True)
+  assert (sokoban.prompt.instruction, sokoban.algo) == (from_configdict(load("default.py")).prompt.instruction,
+                                                        from_configdict(load("default.py")).algo)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -158,7 +162,7 @@ def test_default_config_variants():
     ("alfworld.py:paw=on,paw=off", r"key 'paw' given twice"),
     ("smollm2.py:env=alfworld", r"env='alfworld' is unknown; expected one of frozenlake, sokoban"),
     ("webshop.py:paw=echo2", r"paw='echo2' is unknown; expected one of on, off, ce, lambda1, echo, placebo"),
-    ("default.py:setting=lake5", r"setting='lake5' is unknown; expected one of lake3, lake4"),
+    ("default.py:setting=lake5", r"setting='lake5' is unknown; expected one of lake3, lake4, sokoban"),
     ("default.py:cl", r"expected comma-separated key=value pairs, got 'cl'"),
 ])
 def test_bad_variant_is_a_clear_value_error(spec, message):
