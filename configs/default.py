@@ -32,10 +32,12 @@ SETTINGS = {  # setting=NAME: a partial config (the env, its kwargs, the prompt'
     "lake4": dict(env=dict(name="frozenlake", kwargs=dict(size=4, hole_prob=0.2, max_steps=12, hazard_hint=False)),
                   prompt=LAKE_PROMPT),
     # one box in a 4x4 room, 2-5 moves from solved: 8% random-policy success (13% without blocked moves); a push
-    # into a corner loses the level, so what a move does to the box matters
+    # into a corner loses the level, so what a move does to the box matters. Prompts are <= 140 tokens (the 6x6 grid),
+    # rows <= 220 (+ reply and the ~46-token next grid)
     "sokoban": dict(env=dict(name="sokoban", kwargs=dict(dim=6, num_boxes=1, min_moves=2, max_moves=5, max_steps=10)),
                     prompt=dict(task="Push the box X onto the target O: walking into the box pushes it. # is a wall, "
-                                     "P is you.")),
+                                     "P is you."),
+                    sampling=dict(max_prompt_len=160), batch=dict(max_len=224)),
 }
 DEFAULTS = dict(paw="on", setting="lake3")
 
@@ -47,8 +49,6 @@ def get_config(arg: str = ""):
   paw, setting = paper_configs.choice(v, "paw", VARIANTS), paper_configs.choice(v, "setting", SETTINGS)
   c = base_config()
   c.workdir = "runs/" + "-".join(["ci" if ci else "default", *(f"{k}_{x}" for k, x in v.items() if x != DEFAULTS[k])])
-  for section, fields in SETTINGS[setting].items():
-    c[section].update(fields)
   c.env.num_envs = 128
   c.env.in_process = True  # a pure-Python step costs less than a message to a worker
   c.prompt.history = 0
@@ -80,6 +80,8 @@ def get_config(arg: str = ""):
   c.train.eval_episodes = 100
   c.train.checkpoint_every = 5
   c.paw.update(VARIANTS[paw])
+  for section, fields in SETTINGS[setting].items():  # last: a setting may resize what the lines above set
+    c[section].update(fields)
   if ci:
     c.train.updates = 8
     c.train.eval_every = 4

@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from paw_jax import distributed
+from paw_jax import distributed, prompts, scratch
 from paw_jax.algos.paw import VARIANTS, PawConfig
 from paw_jax.config import from_configdict
 from paw_jax.envs import Task, env_class
@@ -152,6 +152,26 @@ def test_default_config_variants():
   assert (sokoban.env.name, sokoban.prompt.task.startswith("Push the box X")) == ("sokoban", True)
   assert (sokoban.prompt.instruction, sokoban.algo) == (from_configdict(load("default.py")).prompt.instruction,
                                                         from_configdict(load("default.py")).algo)
+
+
+@pytest.mark.parametrize("setting", ["lake3", "lake4", "sokoban"])
+def test_default_setting_prompts_and_rows_fit_on_random_play(setting):
+  """With the tokenizer a run trains on the env's text: every turn's prompt without history (the rollout drops
+  history to fit) fits sampling.max_prompt_len, else the episode ends as an error; prompt + reply + observation
+  header + observation fits batch.max_len."""
+  config = from_configdict(load(f"default.py:setting={setting}"))
+  env = env_class(config.env.name)(**config.env.kwargs)
+  tokenizer = scratch.train_env_tokenizer(env, config.prompt, config.tokenizer.vocab_size, episodes=100, seed=0)
+  longest_prompt = longest_row = 0
+  for task_text, step, history, observation, admissible, action, next_observation in scratch.random_play(
+      env, "eval", episodes=100, seed=1):
+    text = prompts.render_turn(type(env), config.prompt, task_text, step, [], observation, admissible)
+    prompt = len(tokenizer.encode_chat(prompts.chat_messages(config.prompt, text), add_generation_prompt=True))
+    reply = len(tokenizer.encode(scratch.reply_text(type(env), action))) + 1  # + end of turn
+    obs = min(len(tokenizer.encode(config.batch.obs_header + next_observation)), config.batch.max_obs_tokens)
+    longest_prompt, longest_row = max(longest_prompt, prompt), max(longest_row, prompt + reply + obs)
+  assert longest_prompt <= config.sampling.max_prompt_len
+  assert longest_row <= config.batch.max_len
 
 
 @pytest.mark.parametrize("spec, message", [
