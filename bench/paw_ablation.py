@@ -8,8 +8,9 @@ over seeds, with 95% bootstrap confidence intervals and paired differences again
 Each run is `python -m paw_jax.main --config=configs/default.py:paw=V,setting=S --config.seed=N
 --config.workdir=OUT/S/V/seedN` in a child process (its log beside the workdir), one at a time, setting by setting and
 seed by seed (every variant's seed 0 before any seed 1). A run whose metrics reach the final update has its
-metrics.jsonl copied to RESULTS/S/V/seedN/ (small: it is committed) and is never trained again; an unfinished run
-resumes from its checkpoint in OUT. --report-only trains nothing and reports what RESULTS holds.
+records up to it written to RESULTS/S/V/seedN/metrics.jsonl (small: it is committed) and is never trained again;
+an unfinished run resumes from its checkpoint in OUT (so does a finished one asked for more --updates: the learning
+rate is constant, so a longer run extends a shorter one). --report-only trains nothing and reports what RESULTS holds.
 
 Per setting it prints markdown tables: eval success at each eval (seed mean [95% CI]); per variant the area under
 the success curve (AUC: its mean level over training), the final success, the world-model metrics at the last eval
@@ -20,8 +21,8 @@ the device named.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -82,7 +83,7 @@ def collect(args, setting: str, variants: Sequence[str], seeds: Sequence[int]) -
           train_run(workdir, setting, variant, seed, updates)
         if (records := finished_records(workdir, updates)) is not None:
           result_dir.mkdir(parents=True, exist_ok=True)
-          shutil.copyfile(workdir / METRICS_FILE, result_dir / METRICS_FILE)
+          (result_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
       if records is not None:
         runs[variant][seed] = records
   return runs
@@ -126,14 +127,15 @@ def difference(runs: dict[str, dict[int, Records]], variant: str, baseline: str,
   return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}] {verdict}"
 
 
-def report(setting: str, runs: dict[str, dict[int, Records]], results: pathlib.Path) -> None:
+def report(setting: str, runs: dict[str, dict[int, Records]], updates: int, results: pathlib.Path) -> None:
   done = {variant: seeds for variant, seeds in runs.items() if seeds}
   if not done:
     print(f"\n## {setting}: no finished run yet\n")
     return
   c = load_config(setting, next(iter(done)))
-  print(f"\n## {setting}: env {c.env.name} {dict(c.env.kwargs)}, {c.algo.name}, updates of {c.algo.groups_per_update} x "
-        f"{c.algo.group_size} episodes, eval on {c.train.eval_episodes} episodes every {c.train.eval_every}\n")
+  print(f"\n## {setting}: env {c.env.name} {dict(c.env.kwargs)}, {c.algo.name}, {updates} updates of "
+        f"{c.algo.groups_per_update} x {c.algo.group_size} episodes, eval on {c.train.eval_episodes} episodes every "
+        f"{c.train.eval_every}\n")
   print("Seeds finished: " + "; ".join(f"{v} {sorted(s)}" for v, s in done.items()) + "\n")
 
   print("eval success, seed mean [95% bootstrap CI]\n")
@@ -195,7 +197,7 @@ def main() -> None:
       parser.error(f"--settings: {setting!r} is not a setting of {CONFIG} ({error})")
   all_runs = {setting: collect(args, setting, variants, seeds) for setting in settings}
   for setting, runs in all_runs.items():
-    report(setting, runs, pathlib.Path(args.results))
+    report(setting, runs, args.updates or load_config(setting, variants[0]).train.updates, pathlib.Path(args.results))
 
 
 if __name__ == "__main__":
