@@ -15,7 +15,8 @@ rate is constant, so a longer run extends a shorter one). --report-only trains n
 Per setting it prints markdown tables: eval success at each eval (seed mean [95% CI]); per variant the area under
 the success curve (AUC: its mean level over training), the final success, the world-model metrics at the last eval
 and the time per update; and the paired differences of AUC and final success against `off` and `placebo`. It writes
-RESULTS/S.png (success vs updates, seed mean and its 95% CI). Not a test: record the tables in bench/RESULTS.md with
+RESULTS/S.png and RESULTS/S_wm_ce.png (eval success and held-out next-observation CE vs updates, seed mean and its
+95% CI). Not a test: record the tables in bench/RESULTS.md with
 the device named.
 """
 from __future__ import annotations
@@ -167,10 +168,11 @@ def report(setting: str, runs: dict[str, dict[int, Records]], updates: int, resu
     for variant in others:
       print(f"| {variant} − {baseline} | {difference(done, variant, baseline, success_auc)} | "
             f"{difference(done, variant, baseline, lambda r: final_value(r, 'eval/success'))} |")
-  png = plot_comparison({v: [r for records in seeds.values() for r in records] for v, seeds in done.items()},
-                        "eval/success", results / f"{setting}.png", band="ci",
-                        title=f"{setting}: eval success, seed mean and 95% bootstrap CI")
-  print(f"\nplot: {png}")
+  pooled = {v: [r for records in seeds.values() for r in records] for v, seeds in done.items()}
+  for key, name, what in (("eval/success", "", "eval success"), ("eval/wm_ce", "_wm_ce", "held-out next-obs. CE")):
+    png = plot_comparison(pooled, key, results / f"{setting}{name}.png", band="ci",
+                          title=f"{setting}: {what}, seed mean and 95% bootstrap CI")
+    print(f"\nplot: {png}")
 
 
 def main() -> None:
