@@ -3,10 +3,12 @@
   python -m paw_jax.main --config=configs/default.py --config.workdir=runs/default
   python -m paw_jax.main --config=configs/default.py:ci   # minutes-sized, for the test suite
   python -m paw_jax.main --config=configs/default.py:paw=echo,setting=lake4 --config.workdir=runs/echo-lake4
+  python -m paw_jax.main --config=configs/default.py:paw=placebo,setting=sokoban --config.workdir=runs/placebo-sokoban
 
 Variants (comma-separated): ci (the minutes-sized run), paw=on (default) | off | ce | lambda1 | echo | placebo
 (algos.paw.VARIANTS), setting=lake3 (default: random 3x3 maps, a line names the hazards next to the player) | lake4
-(random 4x4 maps without that line: the policy must read the map).
+(random 4x4 maps without that line: the policy must read the map) | sokoban (one box in a small room: the grid is the
+observation, and a push into a corner loses the level). bench/paw_ablation.py runs the variants on the settings.
 
 Why these values: the model (~0.5M params, Qwen3 architecture, BPE vocab 1024 trained on the env's own text) is
 small enough to update in seconds on 2 cores; FrozenLake's observation is the whole state, so no history is needed
@@ -21,11 +23,21 @@ from paw_jax import paper_configs
 from paw_jax.algos.paw import VARIANTS
 from paw_jax.config import base_config
 
-SETTINGS = {  # setting=NAME: the env's kwargs
+LAKE_PROMPT = dict(task="Walk from P to the goal G without falling into a hole O.")
+SETTINGS = {  # setting=NAME: a partial config (the env, its kwargs, the prompt's task wording)
     # random 3x3 maps: 9% random-policy success, enough reward signal to learn from on a CPU
-    "lake3": dict(size=3, hole_prob=0.2, max_steps=8),
+    "lake3": dict(env=dict(name="frozenlake", kwargs=dict(size=3, hole_prob=0.2, max_steps=8)),
+                  prompt=LAKE_PROMPT),
     # random 4x4 maps, no line naming the holes and edges next to the player: the policy must find them on the map
-    "lake4": dict(size=4, hole_prob=0.2, max_steps=12, hazard_hint=False),
+    "lake4": dict(env=dict(name="frozenlake", kwargs=dict(size=4, hole_prob=0.2, max_steps=12, hazard_hint=False)),
+                  prompt=LAKE_PROMPT),
+    # one box in a 4x4 room, 1-3 moves from solved: 24% random-policy success (29% without blocked moves), ~1,800
+    # distinct levels in 2,000 tasks; a push into a corner loses the level, so what a move does to the box matters.
+    # Prompts are <= 140 tokens (the 6x6 grid), rows <= 220 (+ reply and the ~46-token next grid)
+    "sokoban": dict(env=dict(name="sokoban", kwargs=dict(dim=6, num_boxes=1, min_moves=1, max_moves=3, max_steps=8)),
+                    prompt=dict(task="Push the box X onto the target O: walking into the box pushes it. # is a wall, "
+                                     "P is you."),
+                    sampling=dict(max_prompt_len=160), batch=dict(max_len=224)),
 }
 DEFAULTS = dict(paw="on", setting="lake3")
 
@@ -37,14 +49,11 @@ def get_config(arg: str = ""):
   paw, setting = paper_configs.choice(v, "paw", VARIANTS), paper_configs.choice(v, "setting", SETTINGS)
   c = base_config()
   c.workdir = "runs/" + "-".join(["ci" if ci else "default", *(f"{k}_{x}" for k, x in v.items() if x != DEFAULTS[k])])
-  c.env.name = "frozenlake"
-  c.env.kwargs.update(SETTINGS[setting])
   c.env.num_envs = 128
   c.env.in_process = True  # a pure-Python step costs less than a message to a worker
   c.prompt.history = 0
   c.prompt.think = False
   c.prompt.list_admissible = False  # the instruction names the four moves
-  c.prompt.task = "Walk from P to the goal G without falling into a hole O."
   c.prompt.instruction = "Reply with your move (up, down, left or right) as <action>move</action>."
   c.prompt.order = "task,instruction,history,admissible,observation"
   c.tokenizer.vocab_size = 1024
@@ -71,6 +80,8 @@ def get_config(arg: str = ""):
   c.train.eval_episodes = 100
   c.train.checkpoint_every = 5
   c.paw.update(VARIANTS[paw])
+  for section, fields in SETTINGS[setting].items():  # last: a setting may resize what the lines above set
+    c[section].update(fields)
   if ci:
     c.train.updates = 8
     c.train.eval_every = 4

@@ -1,4 +1,4 @@
-"""Learning curves from a run's metrics.jsonl, and run-vs-run comparisons (mean ± std over seeds).
+"""Learning curves from a run's metrics.jsonl, and run-vs-run comparisons (seed mean with a std or CI band).
 
   python -m paw_jax.plot WORKDIR [--out DIR]   # writes DIR/learning_curves.png (DIR defaults to WORKDIR)
 """
@@ -14,10 +14,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure  # object API: renders with Agg, no pyplot state or display needed
 
+from paw_jax import stats
 from paw_jax.metrics import METRICS, PANELS, Panel, read_metrics
 
 SMOOTHING = 0.6  # TensorBoard-style EMA weight for noisy curves
 MIN_POINTS_TO_SMOOTH = 30  # sparse curves (e.g. eval every N steps) are drawn as they are
+BANDS = ("std", "ci")  # plot_comparison's band around the seed mean
 
 
 def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -105,9 +107,24 @@ def plot_run(workdir: str | pathlib.Path, out_dir: str | pathlib.Path | None = N
   return out
 
 
+def seed_band(records: Sequence[Mapping[str, Any]], key: str,
+              band: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(steps, mean, low, high, count) of `key` over the records logged at each step (e.g. several seeds'): the band is
+  mean ± population std (band='std') or the mean's 95% percentile-bootstrap interval (band='ci', stats.py)."""
+  if band not in BANDS:
+    raise ValueError(f"band must be one of {BANDS}, got {band!r}")
+  steps, mean, std, count = mean_std_by_step(records, key)
+  if band == "std":
+    return steps, mean, mean - std, mean + std, count
+  all_steps, values = series(records, key)
+  intervals = [stats.bootstrap_mean(values[all_steps == s]) for s in steps]
+  return (steps, mean, np.array([i.low for i in intervals]), np.array([i.high for i in intervals]), count)
+
+
 def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Any]]], key: str, out_png: str | pathlib.Path,
-                    title: str | None = None, smoothing: float = 0.0) -> pathlib.Path:
-  """One curve per run name: mean ± std band over the records it holds (e.g. all seeds' records concatenated).
+                    title: str | None = None, smoothing: float = 0.0, band: str = "std") -> pathlib.Path:
+  """One curve per run name: the mean over the records it holds (e.g. all seeds' records concatenated) in a band,
+  mean ± std or the 95% bootstrap interval of the mean (`seed_band`).
 
   The seed mean is already less noisy, so smoothing is off unless asked for (e.g. SMOOTHING for per-step curves).
   """
@@ -116,12 +133,13 @@ def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Any]]], key: str, o
   fig = Figure(figsize=(6.5, 4.2), layout="constrained")
   ax = fig.subplots()
   for name, records in runs.items():
-    steps, mean, std, count = mean_std_by_step(records, key)
+    steps, mean, low, high, count = seed_band(records, key, band)
     if not len(steps):
       continue
-    mean, std = smooth(mean, smoothing), smooth(std, smoothing)
-    (line,) = ax.plot(steps, mean, label=f"{name} (n={count.max()})", linewidth=1.8)
-    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    mean, low, high = smooth(mean, smoothing), smooth(low, smoothing), smooth(high, smoothing)
+    (line,) = ax.plot(steps, mean, label=f"{name} (n={count.max()})", linewidth=1.8,
+                      marker="o" if len(steps) < 20 else None, markersize=3)
+    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
   panel = next((p for p in PANELS if _matches(key, p)), None)
   _style(ax, title or key, panel.ylabel if panel else key.rsplit("/", 1)[-1], bool(panel and panel.unit_interval))
   ax.legend()

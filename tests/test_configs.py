@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from paw_jax import distributed
+from paw_jax import distributed, prompts, scratch
 from paw_jax.algos.paw import VARIANTS, PawConfig
 from paw_jax.config import from_configdict
 from paw_jax.envs import Task, env_class
@@ -148,6 +148,30 @@ def test_default_config_variants():
   env = env_class("frozenlake")(**lake4.env.kwargs.to_dict())
   observation, _ = env.reset(Task("eval", 0))
   assert "Around you" not in observation and len(observation.splitlines()) == 5  # the outcome and the 4x4 map
+  sokoban = from_configdict(load("default.py:setting=sokoban"))
+  assert (sokoban.env.name, sokoban.prompt.task.startswith("Push the box X")) == ("sokoban", True)
+  assert (sokoban.prompt.instruction, sokoban.algo) == (from_configdict(load("default.py")).prompt.instruction,
+                                                        from_configdict(load("default.py")).algo)
+
+
+@pytest.mark.parametrize("setting", ["lake3", "lake4", "sokoban"])
+def test_default_setting_prompts_and_rows_fit_on_random_play(setting):
+  """With the tokenizer a run trains on the env's text: every turn's prompt without history (the rollout drops
+  history to fit) fits sampling.max_prompt_len, else the episode ends as an error; prompt + reply + observation
+  header + observation fits batch.max_len."""
+  config = from_configdict(load(f"default.py:setting={setting}"))
+  env = env_class(config.env.name)(**config.env.kwargs)
+  tokenizer = scratch.train_env_tokenizer(env, config.prompt, config.tokenizer.vocab_size, episodes=100, seed=0)
+  longest_prompt = longest_row = 0
+  for task_text, step, history, observation, admissible, action, next_observation in scratch.random_play(
+      env, "eval", episodes=100, seed=1):
+    text = prompts.render_turn(type(env), config.prompt, task_text, step, [], observation, admissible)
+    prompt = len(tokenizer.encode_chat(prompts.chat_messages(config.prompt, text), add_generation_prompt=True))
+    reply = len(tokenizer.encode(scratch.reply_text(type(env), action))) + 1  # + end of turn
+    obs = min(len(tokenizer.encode(config.batch.obs_header + next_observation)), config.batch.max_obs_tokens)
+    longest_prompt, longest_row = max(longest_prompt, prompt), max(longest_row, prompt + reply + obs)
+  assert longest_prompt <= config.sampling.max_prompt_len
+  assert longest_row <= config.batch.max_len
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -158,7 +182,7 @@ def test_default_config_variants():
     ("alfworld.py:paw=on,paw=off", r"key 'paw' given twice"),
     ("smollm2.py:env=alfworld", r"env='alfworld' is unknown; expected one of frozenlake, sokoban"),
     ("webshop.py:paw=echo2", r"paw='echo2' is unknown; expected one of on, off, ce, lambda1, echo, placebo"),
-    ("default.py:setting=lake5", r"setting='lake5' is unknown; expected one of lake3, lake4"),
+    ("default.py:setting=lake5", r"setting='lake5' is unknown; expected one of lake3, lake4, sokoban"),
     ("default.py:cl", r"expected comma-separated key=value pairs, got 'cl'"),
 ])
 def test_bad_variant_is_a_clear_value_error(spec, message):

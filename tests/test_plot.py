@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from paw_jax import plot
+from paw_jax import plot, stats
 from paw_jax.metrics import MetricsWriter, read_metrics
 
 
@@ -61,11 +61,28 @@ def test_smoothing_and_seed_statistics():
   np.testing.assert_array_equal(count, [2, 1])
 
 
+def test_seed_band_is_mean_std_or_the_bootstrap_interval_per_step():
+  seeds = [{"step": 0, "acc": 0.2}, {"step": 10, "acc": 0.5}, {"step": 0, "acc": 0.4}, {"step": 10, "acc": 0.9},
+           {"step": 0, "acc": 0.3}]
+  steps, mean, low, high, count = plot.seed_band(seeds, "acc", "std")
+  np.testing.assert_allclose(mean - low, [np.std([0.2, 0.4, 0.3]), 0.2])
+  np.testing.assert_allclose(high - mean, mean - low)
+  steps, mean, low, high, count = plot.seed_band(seeds, "acc", "ci")
+  expected = [stats.bootstrap_mean(np.array([0.2, 0.4, 0.3])), stats.bootstrap_mean(np.array([0.5, 0.9]))]
+  np.testing.assert_allclose(mean, [e.estimate for e in expected])
+  np.testing.assert_allclose(low, [e.low for e in expected])
+  np.testing.assert_allclose(high, [e.high for e in expected])
+  np.testing.assert_array_equal(count, [3, 2])
+  with pytest.raises(ValueError, match="band must be one of"):
+    plot.seed_band(seeds, "acc", "sem")
+
+
 def test_plot_comparison_writes_mean_and_band(tmp_path):
   synthetic_run(tmp_path / "a")
   synthetic_run(tmp_path / "b", steps=40)
   runs = {"PaW": read_metrics(tmp_path / "a") + read_metrics(tmp_path / "b"), "GRPO": read_metrics(tmp_path / "b")}
   assert_png(plot.plot_comparison(runs, "rollout/success", tmp_path / "cmp" / "success.png", smoothing=plot.SMOOTHING),
              (400, 600))
+  assert_png(plot.plot_comparison(runs, "eval/success", tmp_path / "cmp" / "eval.png", band="ci"), (400, 600))
   with pytest.raises(ValueError, match="key 'paw/wm_loss' is in none of the runs"):
     plot.plot_comparison(runs, "paw/wm_loss", tmp_path / "x.png")

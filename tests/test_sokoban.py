@@ -114,6 +114,17 @@ def test_box_blocked_by_box():
   assert env.level == env.fixed
 
 
+def test_exploratory_actions_leave_out_the_moves_that_do_nothing():
+  env = FixedLevelEnv("#######\n#PXX_O#\n#____O#\n#######")
+  env.reset(Task())
+  assert env.exploratory_actions() == ["down"]  # up and left: walls; right: a box blocked by a box
+  for move in ("up", "left", "right"):
+    env.step(f"<action>{move}</action>")
+    assert env.level == env.fixed
+  play(env, ["down", "right"])
+  assert env.exploratory_actions() == ["left", "right"]  # up: the box above is against the wall; down: a wall
+
+
 def test_box_pushed_off_target_costs_the_shaping():
   env = FixedLevelEnv("#######\n#P√_O_#\n#_X___#\n#######", box_reward=0.5)
   env.reset(Task())

@@ -234,6 +234,11 @@ class SokobanEnv(TextEnv):
   def admissible_actions(self) -> list[str]:
     return list(MOVES)
 
+  def exploratory_actions(self) -> list[str]:
+    """The moves that change the position: walking into a wall or a blocked box does nothing."""
+    level = self.level
+    return [move for move in MOVES if push(level, level.player, level.boxes, level.deltas()[move]) is not None]
+
   def _step(self, action: Action) -> tuple[str, float, bool, dict[str, Any]]:
     level = self.level
     moved = push(level, level.player, level.boxes, level.deltas()[action.text])
