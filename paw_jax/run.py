@@ -119,7 +119,7 @@ def load_model(config: Config, tokenizer: Tokenizer, mesh: jax.sharding.Mesh) ->
   """The checkpoint at `model.path`, or a from-scratch decoder sized by `model.scratch`; placed by the rule table."""
   spec = config.model
   numerics = dict(param_dtype=spec.param_dtype, compute_dtype=spec.compute_dtype, remat=spec.remat,
-                  scan_layers=spec.scan_layers)
+                  scan_layers=spec.scan_layers, attention_impl=spec.attention_impl)
   if spec.path:
     cfg, params = hf_io.load_checkpoint(spec.path, **numerics)
   else:
