@@ -20,6 +20,10 @@ Numerics as the paper configs train: float32 parameters and Adam state, bfloat16
   fwd+bwd     mean next-token NLL and its gradient, --fb_rows x --seq_len: JAX (`learner.token_logprobs`) against
               transformers' model on torch (bf16 autocast, gradient checkpointing as remat, its default attention),
               torch run first in a child process so that neither framework holds the other's GPU memory.
+  attention   `model.attention_impl`: the rows above run "auto" (cuDNN flash attention on an NVIDIA GPU in bf16);
+              the fwd+bwd again with "xla" gives the kernel's speed-up, and cuDNN against XLA on the same weights
+              gives its numerics: token log-probs and gradients of --fb_rows right-padded rows (random lengths),
+              and the last-slot logits of a cached prefill of left-padded prompts (the sampler's layout).
 """
 from __future__ import annotations
 
@@ -179,6 +183,48 @@ def jax_fwd_bwd(graphdef, params, cfg, args) -> float:
   return args.fb_rows * args.seq_len / median_time(lambda: grad(params), jax.block_until_ready, args.steps)
 
 
+def attention_check(cfg, params, args) -> dict[str, float]:
+  """cuDNN flash attention against XLA's on the same weights: numerics on padded rows, and fwd+bwd tokens/s."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from paw_jax.learner import token_logprobs
+  from paw_jax.models import hf_io
+  from paw_jax.models.transformer import KVCache, positions_from_mask
+  graphdefs = {impl: nnx.split(hf_io.abstract_model(cfg.replace(attention_impl=impl)))[0] for impl in ("xla", "cudnn")}
+  rng = np.random.default_rng(3)
+  rows, length = args.fb_rows, args.seq_len
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (rows, length)), jnp.int32)
+  lengths = np.r_[length, rng.integers(2, length, rows - 1)]
+  right_mask = jnp.asarray(np.arange(length)[None] < lengths[:, None])
+
+  def loss(graphdef):
+    return lambda p: -jnp.sum(token_logprobs(graphdef, p, tokens, right_mask, right_mask)[0]) / jnp.sum(right_mask)
+
+  def prefill_logits(graphdef):
+    """Last-slot logits after prefilling left-padded prompts into a cache (as `sampling.generate` does)."""
+    prompt_mask = right_mask[:, ::-1]
+
+    def run(p):
+      model = nnx.merge(graphdef, p)
+      hidden, _ = model.hidden_states(tokens, positions_from_mask(prompt_mask), prompt_mask,
+                                      KVCache.init(cfg, rows, length + 8))
+      return model.logits(hidden[:, -1:])
+    return jax.jit(run)(params)
+
+  out = {}
+  (loss_x, grads_x), (loss_c, grads_c) = (jax.jit(jax.value_and_grad(loss(g)))(params) for g in graphdefs.values())
+  out["loss_abs_diff"] = abs(float(loss_c) - float(loss_x))
+  out["grad_rel_diff"] = max(float(jnp.max(jnp.abs(c - x)) / (jnp.max(jnp.abs(x)) + 1e-12))
+                             for x, c in zip(jax.tree.leaves(grads_x), jax.tree.leaves(grads_c)))
+  out["prefill_logits_max_diff"] = float(jnp.max(jnp.abs(prefill_logits(graphdefs["cudnn"])
+                                                         - prefill_logits(graphdefs["xla"]))))
+  out["xla_fwd_bwd_tokens_s"] = jax_fwd_bwd(graphdefs["xla"], params, cfg, args)
+  return out
+
+
 def decode_bound_bytes(cfg, args) -> float:
   """Bytes one decode step must read: every weight once, and the keys and values of the filled slots."""
   import numpy as np
@@ -188,7 +234,7 @@ def decode_bound_bytes(cfg, args) -> float:
   return weights + kv * np.dtype(cfg.compute_jnp_dtype).itemsize
 
 
-def report(cfg, args, kind: str, peak_tflops, hbm_tbps, train, decode_tps, jax_fb, torch_fb) -> str:
+def report(cfg, args, kind: str, peak_tflops, hbm_tbps, train, decode_tps, jax_fb, torch_fb, attn) -> str:
   pct = lambda x: f"{x:.1%}"  # noqa: E731
   gib = lambda b: "n/a" if b is None else f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"  # noqa: E731
   matmul_params = cfg.num_params - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
@@ -224,6 +270,16 @@ def report(cfg, args, kind: str, peak_tflops, hbm_tbps, train, decode_tps, jax_f
   else:
     lines.append(f"| fwd+bwd tokens/s, torch {torch_fb['torch']} ({torch_fb['attention']}, {torch_fb['device']}) | "
                  f"{torch_fb['tokens_s']:,.0f} (JAX/torch {jax_fb / torch_fb['tokens_s']:.2f}) | |")
+  if "skipped" in attn:
+    lines.append(f"| attention cuDNN vs XLA | skipped: {attn['skipped']} | |")
+  else:
+    lines.append(f"| fwd+bwd tokens/s, JAX with XLA attention | {attn['xla_fwd_bwd_tokens_s']:,.0f} (auto/xla "
+                 f"{jax_fb / attn['xla_fwd_bwd_tokens_s']:.2f}) | |")
+    lines.append(f"| cuDNN vs XLA (bf16): mean NLL abs diff, right-padded rows | {attn['loss_abs_diff']:.2e} | "
+                 "<= 2e-2 |")
+    lines.append(f"| cuDNN vs XLA (bf16): max grad diff / max grad | {attn['grad_rel_diff']:.2e} | <= 5e-2 |")
+    lines.append(f"| cuDNN vs XLA (bf16): prefill last logits, left-padded, max abs diff | "
+                 f"{attn['prefill_logits_max_diff']:.2e} | <= 0.1 |")
   return "\n".join(lines)
 
 
@@ -238,7 +294,7 @@ def main(argv: list[str]) -> None:
   from flax import nnx
 
   from paw_jax.models.config import ModelConfig
-  from paw_jax.models.transformer import Decoder
+  from paw_jax.models.transformer import Decoder, flash_attention_applies
   from train_step_speed import PEAK_BF16_TFLOPS
   cfg = ModelConfig.from_hf(hf, param_dtype="float32", compute_dtype="bfloat16", remat=True, scan_layers=True)
   kind = jax.devices()[0].device_kind
@@ -246,8 +302,10 @@ def main(argv: list[str]) -> None:
   train = train_step(graphdef, params, args, *train_rows(args, cfg.vocab_size))
   decode_tps = decode(graphdef, params, cfg, args)
   jax_fb = jax_fwd_bwd(graphdef, params, cfg, args)
+  on_gpu = flash_attention_applies(cfg, cfg.compute_jnp_dtype)
+  attn = attention_check(cfg, params, args) if on_gpu else {"skipped": f"no cuDNN flash attention on {kind}"}
   print(report(cfg, args, kind, args.peak_tflops or PEAK_BF16_TFLOPS.get(kind), args.hbm_tbps or HBM_TBPS.get(kind),
-               train, decode_tps, jax_fb, torch_fb))
+               train, decode_tps, jax_fb, torch_fb, attn))
 
 
 if __name__ == "__main__":

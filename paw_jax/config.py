@@ -26,7 +26,7 @@ from paw_jax.algos.losses import POLICY_LOSSES, WM_LOSSES, LossConfig
 from paw_jax.algos.paw import ENTROPY_MODES, NORMALISE_MODES, TARGET_MODES, PawConfig
 from paw_jax.algos.rewards import SIMILARITY_REWARDS
 from paw_jax.envs import ENV_NAMES, env_class
-from paw_jax.models.config import SUPPORTED_MODEL_TYPES
+from paw_jax.models.config import ATTENTION_IMPLS, SUPPORTED_MODEL_TYPES
 from paw_jax.models.embedders import EMBEDDERS
 from paw_jax.models.tokenizer import BPE_SPECIAL_TOKENS
 from paw_jax.programs import PROGRAMS
@@ -75,6 +75,7 @@ class ModelSpec:
   ref_dtype: str = "float32"
   remat: bool = False
   scan_layers: bool = True
+  attention_impl: str = "auto"  # "auto": cuDNN flash attention on an NVIDIA GPU with 16-bit compute, else XLA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +223,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "env.num_envs": _at_least(1), "env.step_timeout_s": _POSITIVE, "env.reset_timeout_s": _POSITIVE,
     "model.scratch.model_type": _one_of(SUPPORTED_MODEL_TYPES), "model.param_dtype": _one_of(DTYPES),
     "model.compute_dtype": _one_of(DTYPES), "model.ref_dtype": _one_of(DTYPES),
+    "model.attention_impl": _one_of(ATTENTION_IMPLS),
     **{f"model.scratch.{f.name}": _at_least(1) for f in dataclasses.fields(ScratchModel) if f.type == "int"},
     "tokenizer.vocab_size": _at_least(256 + len(BPE_SPECIAL_TOKENS)),  # the bytes + ChatML's special tokens
     "tokenizer.corpus_episodes": _at_least(1),

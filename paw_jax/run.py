@@ -127,7 +127,7 @@ def load_model(config: Config, tokenizer: Tokenizer, mesh: jax.sharding.Mesh) ->
   """The checkpoint at `model.path`, or a from-scratch decoder sized by `model.scratch`; placed by the rule table."""
   spec = config.model
   numerics = dict(param_dtype=spec.param_dtype, compute_dtype=spec.compute_dtype, remat=spec.remat,
-                  scan_layers=spec.scan_layers)
+                  scan_layers=spec.scan_layers, attention_impl=spec.attention_impl)
   if spec.path:
     return hf_io.load_sharded(spec.path, mesh, **numerics)
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,

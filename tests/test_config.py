@@ -47,6 +47,7 @@ def with_field(path: str, value) -> dict:
     ("stage_overrides", {"rwml": {}}, r"^stage_overrides\.rwml: not a stage of this run \(rl\)$"),
     ("rwml.similarity", "bleu", r"^rwml\.similarity='bleu': expected one of cosine, rouge_l$"),
     ("rwml.embedder", "bert", r"^rwml\.embedder='bert': expected one of minilm, qwen3_embedding$"),
+    ("model.attention_impl", "flash", r"^model\.attention_impl='flash': expected one of auto, xla, cudnn$"),
 ])
 def test_each_kind_of_bad_field_is_one_line_naming_it(path, value, message):
   with pytest.raises(ConfigError, match=message) as error:

@@ -1,4 +1,5 @@
-"""Decoder numerics against transformers (torch CPU, fp32): every architecture, left padding, scan/loop/remat."""
+"""Decoder numerics against transformers (torch CPU, fp32): every architecture, left padding, scan/loop/remat; the
+attention implementations (the flash path's row rotation here, cuDNN against XLA where a GPU is present)."""
 import dataclasses
 import pathlib
 
@@ -12,6 +13,7 @@ from flax import nnx
 from hf_models import CONFIGS, make_hf_model
 from paw_jax.models import hf_io
 from paw_jax.models.config import ModelConfig, UnsupportedConfigError
+from paw_jax.models import transformer
 from paw_jax.models.transformer import positions_from_mask
 
 TOLERANCE = 1e-4
@@ -134,3 +136,78 @@ def test_config_round_trips_through_hf_dict():
     cfg = ModelConfig.from_hf(CONFIGS[name]().to_dict())
     again = ModelConfig.from_hf(cfg.to_hf())
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+
+
+def padded_rows(lengths: list[int], width: int, left: bool) -> np.ndarray:
+  mask = np.zeros((len(lengths), width), bool)
+  for i, n in enumerate(lengths):
+    mask[i, slice(width - n, width) if left else slice(0, n)] = True
+  return mask
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_contiguous_rows_attention_equals_the_masked_attention_at_real_tokens(left):
+  cfg = ModelConfig.from_hf(CONFIGS["qwen2"]().to_dict())
+  mask = padded_rows([11, 4, 1, 0], 11, left)
+  rng = np.random.RandomState(5)
+  q = jnp.asarray(rng.randn(4, 11, cfg.num_heads, cfg.head_dim), jnp.float32)
+  k, v = (jnp.asarray(rng.randn(4, 11, cfg.num_kv_heads, cfg.head_dim), jnp.float32) for _ in range(2))
+  slots = jnp.arange(11)
+  expected = transformer.attention(cfg, q, k, v, transformer._attention_mask(jnp.asarray(mask), slots, slots))
+  # The kernel's causal flag + per-row lengths, computed by XLA here: the rotation is what this checks.
+  got = transformer.contiguous_rows_attention(cfg, q, k, v, jnp.asarray(mask), implementation="xla")
+  np.testing.assert_allclose(np.asarray(got)[mask], np.asarray(expected)[mask], atol=1e-6)
+  assert np.isfinite(np.asarray(got)).all()
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+def test_attention_impl_keeps_cpu_numbers_bit_identical(impl, tmp_path):
+  """Off an NVIDIA GPU "auto" is the XLA path: logits and gradients bit for bit those of "xla", fp32 and bf16."""
+  if jax.default_backend() == "gpu":
+    pytest.skip("checks the CPU path")
+  model = load_ours(make_hf_model("qwen3"), tmp_path)
+  tokens = jnp.asarray(np.random.RandomState(6).randint(0, 97, (2, 12)))
+  mask = jnp.asarray(padded_rows([12, 7], 12, left=False))
+  for dtype in ("float32", "bfloat16"):
+    base = hf_io.model_from_params(model.cfg.replace(compute_dtype=dtype, attention_impl="xla"),
+                                   hf_io.model_params(model))
+    other = hf_io.model_from_params(base.cfg.replace(attention_impl=impl), hf_io.model_params(model))
+    a, b = (jax.jit(jax.value_and_grad(logsumexp_loss(m, tokens, mask)))(nnx.split(m)[1]) for m in (base, other))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      assert np.array_equal(np.asarray(x), np.asarray(y))
+  with pytest.raises(ValueError, match="attention_impl='cudnn' needs an NVIDIA GPU"):
+    transformer.flash_attention_applies(model.cfg.replace(attention_impl="cudnn"), jnp.bfloat16)
+
+
+def logsumexp_loss(model, tokens_BxT, mask_BxT):
+  graphdef = nnx.split(model)[0]
+
+  def loss(params):
+    logits, _ = nnx.merge(graphdef, params)(tokens_BxT, positions_from_mask(mask_BxT), mask_BxT)
+    return jnp.sum(jnp.where(mask_BxT, jax.nn.logsumexp(logits, axis=-1), 0.0))
+
+  return loss
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU (cuDNN flash attention)")
+@pytest.mark.parametrize("left", [False, True])
+def test_cudnn_matches_xla_in_bfloat16(left, tmp_path):
+  """Training rows (right padding), left-padded rows and a cached prefill: cuDNN within bf16 noise of XLA."""
+  model = load_ours(make_hf_model("qwen2"), tmp_path)
+  models = {impl: hf_io.model_from_params(model.cfg.replace(compute_dtype="bfloat16", attention_impl=impl),
+                                          hf_io.model_params(model)) for impl in ("xla", "cudnn")}
+  tokens = jnp.asarray(np.random.RandomState(7).randint(0, 97, (4, 64)))
+  mask = jnp.asarray(padded_rows([64, 40, 17, 1], 64, left))
+  (loss_x, grads_x), (loss_c, grads_c) = (
+      jax.jit(jax.value_and_grad(logsumexp_loss(m, tokens, mask)))(nnx.split(m)[1]) for m in models.values())
+  assert abs(float(loss_c) - float(loss_x)) <= 2e-2 * abs(float(loss_x))
+  for gx, gc in zip(jax.tree.leaves(grads_x), jax.tree.leaves(grads_c)):
+    assert np.abs(np.asarray(gc) - np.asarray(gx)).max() <= 5e-2 * np.abs(np.asarray(gx)).max() + 1e-6
+  prefill = {}
+  for impl, m in models.items():
+    graphdef, params = nnx.split(m)
+    cache = transformer.KVCache.init(m.cfg, 4, 96)
+    logits, _ = jax.jit(lambda p, c, g=graphdef: nnx.merge(g, p)(tokens, positions_from_mask(mask), mask, c))(
+        params, cache)
+    prefill[impl] = np.asarray(logits)[np.asarray(mask)]
+  assert np.abs(prefill["cudnn"] - prefill["xla"]).max() <= 0.1

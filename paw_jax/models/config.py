@@ -8,6 +8,8 @@ import jax.numpy as jnp
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# "auto": cuDNN's flash kernel on an NVIDIA GPU where it applies (16-bit compute), XLA elsewhere.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
 class UnsupportedConfigError(ValueError):
@@ -47,6 +49,7 @@ class ModelConfig:
   compute_dtype: str = "float32"
   remat: bool = False  # rematerialise each layer in the backward pass
   scan_layers: bool = True  # lax.scan over stacked layers: compile time independent of depth
+  attention_impl: str = "auto"  # one of ATTENTION_IMPLS (`transformer.flash_attention_applies`)
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -58,6 +61,8 @@ class ModelConfig:
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name}='{getattr(self, name)}' must be one of {', '.join(_DTYPES)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl='{self.attention_impl}' must be one of {', '.join(ATTENTION_IMPLS)}")
 
   @property
   def qk_norm(self) -> bool:

@@ -9,6 +9,11 @@ j <= i that hold a real token (`mask`). Without a cache the slots are the T inpu
 cache's S slots and the T new tokens are written at `cache.index`, in place (the cache rides in the layer loop's carry).
 RoPE positions are separate inputs, so left-padded rows (positions counted from their first real token) give the same
 logits as unpadded rows.
+
+`cfg.attention_impl` picks the kernel (`flash_attention_applies`): XLA with the boolean mask, or on an NVIDIA GPU with
+16-bit compute cuDNN's flash attention, which never materialises the [B, N, T, S] scores. Without a cache the flash
+path reads each row's real tokens as one contiguous run (right-padded training rows, left-padded prompts: every
+caller's layout) and uses the kernel's causal flag + per-row lengths; a cached prefill chunk passes the mask as a bias.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import math
 from typing import Any, Callable
 
 import jax
+import jax.extend.backend
 import jax.numpy as jnp
 from flax import nnx
 
@@ -128,6 +134,8 @@ class Decoder(nnx.Module):
       attn_mask_Bx1xTxT = _attention_mask(mask_BxT, jnp.arange(seq_len), jnp.arange(seq_len))
 
       def attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
+        if flash_attention_applies(cfg, q_BxTxNxH.dtype):
+          return contiguous_rows_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxT), None
         return attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, attn_mask_Bx1xTxT), None
 
       def body(x_BxTxD, params):
@@ -193,8 +201,45 @@ def _run_layers(body: Callable, x, xs, num_layers: int, scan: bool):
 
 def attention(cfg: ModelConfig, q_BxTxNxH: jax.Array, keys_BxSxKxH: jax.Array, values_BxSxKxH: jax.Array,
               mask_Bx1xTxS: jax.Array) -> jax.Array:
+  """Masked attention: a T x S boolean mask, XLA's dot_product_attention or, for a prefill chunk (T > 1) where
+  `flash_attention_applies`, cuDNN's flash kernel reading the mask as an additive bias (no fp32 scores in memory).
+  One query (decode) stays on XLA: a single row of scores gains nothing from a fused kernel."""
+  use_cudnn = q_BxTxNxH.shape[1] > 1 and flash_attention_applies(cfg, q_BxTxNxH.dtype)
   return jax.nn.dot_product_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask=mask_Bx1xTxS,
-                                      scale=1.0 / math.sqrt(cfg.head_dim))
+                                      scale=1.0 / math.sqrt(cfg.head_dim),
+                                      implementation="cudnn" if use_cudnn else None)
+
+
+def contiguous_rows_attention(cfg: ModelConfig, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+                              mask_BxT: jax.Array, implementation: str = "cudnn") -> jax.Array:
+  """Causal self-attention over rows whose real tokens are contiguous (right-padded training rows, left-padded
+  prompts), expressed as the flash kernel's causal flag + per-row lengths, so no T x T mask is built: each row is
+  rotated so that its real tokens start at slot 0, attended, and rotated back. At real tokens this equals
+  `attention` with `_attention_mask(mask_BxT, ...)`; padding slots' outputs are unspecified (nothing reads them)."""
+  start_B = jnp.argmax(mask_BxT, axis=1).astype(jnp.int32)  # first real slot (0 for an empty row)
+  length_B = jnp.maximum(jnp.sum(mask_BxT, axis=1, dtype=jnp.int32), 1)  # an empty row attends to one slot: finite
+  rotate = jax.vmap(lambda x_TxNxH, shift: jnp.roll(x_TxNxH, shift, axis=0))
+  q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = (rotate(x, -start_B) for x in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH))
+  out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=1.0 / math.sqrt(cfg.head_dim),
+                                             is_causal=True, query_seq_lengths=length_B,
+                                             key_value_seq_lengths=length_B, implementation=implementation)
+  return rotate(out_BxTxNxH, start_B)
+
+
+def flash_attention_applies(cfg: ModelConfig, dtype: jnp.dtype) -> bool:
+  """Whether `cfg.attention_impl` takes cuDNN's flash kernel for this compute dtype, decided when tracing.
+
+  "auto": on an NVIDIA GPU, for 16-bit compute and a head_dim the kernel takes (a multiple of 8, at most 128);
+  "cudnn": the same, but a backend without CUDA is an error; "xla": never. float32 always stays on XLA (the kernel
+  has no fp32 path), so CPU runs and fp32 runs compute exactly what they did before the switch existed."""
+  if cfg.attention_impl == "xla":
+    return False
+  on_nvidia_gpu = jax.default_backend() == "gpu" and "cuda" in jax.extend.backend.get_backend().platform_version
+  if cfg.attention_impl == "cudnn" and not on_nvidia_gpu:
+    raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU; the backend is {jax.default_backend()} "
+                     "(use 'auto' or 'xla')")
+  head_dim_ok = cfg.head_dim % 8 == 0 and cfg.head_dim <= 128
+  return on_nvidia_gpu and head_dim_ok and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def decoder_layer(cfg: ModelConfig, params: dict[str, jax.Array], x_BxTxD: jax.Array, cos_BxTxH: jax.Array,

@@ -175,7 +175,7 @@ def model_config(config, layers: int):
 
   spec = config.model
   numerics = dict(param_dtype=spec.param_dtype, compute_dtype=spec.compute_dtype, remat=spec.remat,
-                  scan_layers=spec.scan_layers)
+                  scan_layers=spec.scan_layers, attention_impl=spec.attention_impl)
   path = pathlib.Path(spec.path).expanduser()
   if not spec.path:
     cfg = ModelConfig(vocab_size=config.tokenizer.vocab_size, tie_word_embeddings=True,
