@@ -67,7 +67,7 @@ def _text_env(c, name: str, kwargs: dict, tau: float) -> None:
   c.prompt.list_admissible = True  # the policy picks among the game's commands
   c.prompt.instruction = "Reply with one admissible action as <action>action</action>."
   c.sampling.max_new_tokens = 16  # the longest command and its tags: ~10 tokens
-  c.sampling.max_prompt_len = 320  # a first turn holds the game's objective twice (task and intro)
+  c.sampling.max_prompt_len = 416  # a first turn holds the objective twice (task, intro): <= 397 tokens in eval_in
   c.batch.max_obs_tokens = 96
   r = c.rwml
   r.instruction = "Reply with what you will see after this action as <next_state>observation</next_state>."
