@@ -6,6 +6,7 @@ then task RL from its policy; next-state SFT then task RL; task RL alone.
   python -m paw_jax.main --config=configs/rwml.py:method=sft --config.workdir=runs/rwml/frozenlake-sft
   python -m paw_jax.main --config=configs/rwml.py:ci                        # minutes-sized, for the test suite
   python -m paw_jax.main --config=configs/rwml.py:env=textworld,size=ci    # the same on TextWorld
+  python -m paw_jax.main --config=configs/rwml.py:env=alfworld_gen         # generated ALFWorld (see below)
   python bench/rwml_benchmark.py                                            # 3 arms x 3 seeds, the table and plot
 
 Variant keys: env = frozenlake (default) | textworld | alfworld_gen (generated ALFWorld problems, offline); method =
@@ -24,14 +25,15 @@ the tokenizer learns the next-state texts, so the arms share one vocabulary and 
 compared by ROUGE-L: MiniLM cannot tell two maps apart, and tools/rwml_calibrate proposes τ = 0.1 (an exact map).
 RWML's step is smaller than task RL's (3e-4 vs 1e-3): at 1e-3 its KL to the start grew to 0.75 in 6 updates and
 the held-out reward fell.
-TextWorld: custom quests of 2 rooms, 3 objects and 2 steps (go there, take it), at most 8 moves: random play wins
-20% of them (30 episodes), so a scratch policy sees rewards from the start; 3 rooms / quests of 3 / 15 moves: 10%;
-2 rooms / 4 objects / 12 moves: 40%. Each split is a set of 128 games (`num_games`): generated once (~2 s each),
-then shared by every arm and seed. Observations are sentences, compared by MiniLM; τ is tools/rwml_calibrate's
-proposal on these games, τ_filter the paper's half of it.
+TextWorld: custom quests of 2 rooms, 3 objects and 2 steps (e.g. go east, take the whisk), at most 8 moves: random
+play wins 20% of them (30 episodes), so a scratch policy sees rewards from the start; 1 room / quests of 1: 60%;
+2 rooms / 4 objects / 12 moves: 40%; 3 rooms / quests of 3 / 15 moves: 10%. Each split is a set of 128 games
+(`num_games`): generated once (~2 s each), then shared by every arm and seed. Observations are sentences, compared by
+MiniLM; τ is tools/rwml_calibrate's proposal on these games, τ_filter the paper's half of it. The runs are short (an
+update takes about a minute on the shared 2-core machine): 4 world-model updates, then 8 of task RL.
 ALFWorld (generated problems, pick-and-place only): random play won 0 of 20 episodes of 30 moves (~24 admissible
 commands a step, a room of ~30 receptacles), so task RL from scratch sees no reward there: the variant runs the
-pipeline (and the world-model stages learn), but a policy that learns the task needs a pretrained model.
+pipeline (the world-model stages have data), but a policy that learns the task needs a pretrained model.
 """
 import importlib.util
 import pathlib
