@@ -2,11 +2,15 @@
 then task RL from its policy; next-state SFT then task RL; task RL alone.
 
   python -m paw_jax.main --config=configs/rwml.py                          # FrozenLake from scratch on a CPU
+  python -m paw_jax.main --config=configs/rwml.py:env=textworld            # text observations, MiniLM similarity
   python -m paw_jax.main --config=configs/rwml.py:method=sft --config.workdir=runs/rwml/frozenlake-sft
   python -m paw_jax.main --config=configs/rwml.py:ci                        # minutes-sized, for the test suite
+  python -m paw_jax.main --config=configs/rwml.py:env=textworld,size=ci    # the same on TextWorld
+  python -m paw_jax.main --config=configs/rwml.py:env=alfworld_gen         # generated ALFWorld (see below)
+  python bench/rwml_benchmark.py                                            # 3 arms x 3 seeds, the table and plot
 
-Variant keys: method = rwml (default) | sft | rl; size = full (default) | ci (`ci` alone means size=ci); env =
-frozenlake (the one configured so far: text-observation envs need a model that can play them).
+Variant keys: env = frozenlake (default) | textworld | alfworld_gen (generated ALFWorld problems, offline); method =
+rwml (default) | sft | rl; size = full (default) | ci (`ci` alone, or among the keys, means size=ci).
 Stages (config.stages), each in WORKDIR/<stage> and resumable; a stage whose exported policy is there is skipped:
   rwml    the format warm-up, collect (the policy plays `rwml.collect_tasks` train tasks 3 times at temperature 1),
           next-state SFT on the validation triplets, the too-easy filter, then GRPO on predictions (KL 0.001)
@@ -21,6 +25,15 @@ the tokenizer learns the next-state texts, so the arms share one vocabulary and 
 compared by ROUGE-L: MiniLM cannot tell two maps apart, and tools/rwml_calibrate proposes τ = 0.1 (an exact map).
 RWML's step is smaller than task RL's (3e-4 vs 1e-3): at 1e-3 its KL to the start grew to 0.75 in 6 updates and
 the held-out reward fell.
+TextWorld: custom quests of 2 rooms, 3 objects and 2 steps (e.g. go east, take the whisk), at most 8 moves: random
+play wins 20% of them (30 episodes), so a scratch policy sees rewards from the start; 1 room / quests of 1: 60%;
+2 rooms / 4 objects / 12 moves: 40%; 3 rooms / quests of 3 / 15 moves: 10%. Each split is a set of 128 games
+(`num_games`): generated once (~2 s each), then shared by every arm and seed. Observations are sentences, compared by
+MiniLM; τ is tools/rwml_calibrate's proposal on these games, τ_filter the paper's half of it. The runs are short (an
+update takes about a minute on the shared 2-core machine): 4 world-model updates, then 8 of task RL.
+ALFWorld (generated problems, pick-and-place only): random play won 0 of 20 episodes of 30 moves (~24 admissible
+commands a step, a room of ~30 receptacles), so task RL from scratch sees no reward there: the variant runs the
+pipeline (the world-model stages have data), but a policy that learns the task needs a pretrained model.
 """
 import importlib.util
 import pathlib
@@ -28,7 +41,56 @@ import pathlib
 from paw_jax import paper_configs
 
 METHODS = {"rwml": "rwml,rl", "sft": "wm_sft,rl", "rl": "rl"}
-ENVS = ("frozenlake",)
+# τ per env for MiniLM, from `python -m paw_jax.tools.rwml_calibrate` on the configured games (bench/RESULTS.md)
+TEXTWORLD_TAU = 0.272
+ALFWORLD_TAU = 0.147
+
+
+def _frozenlake(c) -> None:
+  """configs/default.py's 3x3 lake; a predicted map is judged by ROUGE-L."""
+  c.sampling.max_prompt_len = 160  # the next-state prompt is the turn's plus the potential action
+  c.batch.max_len = 256
+  r = c.rwml
+  r.instruction = "Reply with the map after this move as <next_state>map</next_state>."
+  r.similarity, r.tau, r.filter_tau = "rouge_l", 0.1, 0.1
+  r.max_new_tokens = 48  # an empty think block and a 3x3 map in tags: ~25 tokens
+  r.max_prediction_tokens = 64
+
+
+def _text_env(c, name: str, kwargs: dict, tau: float) -> None:
+  """A text-observation env: its own task text and admissible list in the prompt, predictions judged by MiniLM."""
+  c.env.name = name
+  c.env.kwargs = kwargs
+  c.env.num_envs = 64  # one sampler call steps every episode of an update
+  c.env.in_process = True  # a game step is milliseconds: cheaper than a message to a worker
+  c.env.eval_split = "eval_in"
+  c.tokenizer.vocab_size = 2048  # generated names: at 1024 a next-state prompt took up to 383 tokens, at 2048 272
+  c.prompt.task = ""  # each game's own objective
+  c.prompt.list_admissible = True  # the policy picks among the game's commands
+  c.prompt.instruction = "Reply with one admissible action as <action>action</action>."
+  c.sampling.max_new_tokens = 16  # the longest command and its tags: ~10 tokens
+  c.sampling.max_prompt_len = 416  # a first turn holds the objective twice (task, intro): <= 397 tokens in eval_in
+  c.batch.max_obs_tokens = 96
+  r = c.rwml
+  r.instruction = "Reply with what you will see after this action as <next_state>observation</next_state>."
+  r.similarity, r.embedder, r.tau, r.filter_tau = "cosine", "minilm", tau, tau / 2
+  r.max_new_tokens = r.max_prediction_tokens = 96
+  c.batch.max_len = c.sampling.max_prompt_len + r.max_new_tokens
+
+
+def _textworld(c) -> None:
+  settings = dict(world_size=2, nb_objects=3, quest_length=2)
+  _text_env(c, "textworld", dict(game="custom", settings=settings, max_steps=8, num_games=128), tau=TEXTWORLD_TAU)
+
+
+def _alfworld_gen(c) -> None:
+  _text_env(c, "alfworld", dict(source="generated", task_types=("pick_and_place_simple",), max_steps=30),
+            tau=ALFWORLD_TAU)
+  c.sampling.max_prompt_len = 768  # the first observation lists every receptacle; ~24 commands a step
+  c.batch.max_len = c.sampling.max_prompt_len + c.rwml.max_new_tokens
+
+
+ENVS = {"frozenlake": _frozenlake, "textworld": _textworld, "alfworld_gen": _alfworld_gen}
 
 
 def _default_config(arg: str):
@@ -40,7 +102,8 @@ def _default_config(arg: str):
 
 
 def get_config(arg: str = ""):
-  v = paper_configs.parse_variant("size=ci" if arg == "ci" else arg, env="frozenlake", method="rwml", size="full")
+  items = ["size=ci" if item.strip() == "ci" else item for item in (arg or "").split(",")]
+  v = paper_configs.parse_variant(",".join(items), env="frozenlake", method="rwml", size="full")
   env, method = paper_configs.choice(v, "env", ENVS), paper_configs.choice(v, "method", METHODS)
   ci = paper_configs.choice(v, "size", ("full", "ci")) == "ci"
   c = _default_config("ci" if ci else "")
@@ -48,24 +111,28 @@ def get_config(arg: str = ""):
   c.stages = METHODS[method]
   c.tokenizer.with_next_state = True
   c.train.format_warmup_next_state = True
-  c.sampling.max_prompt_len = 160  # the next-state prompt is the turn's plus the potential action
-  c.batch.max_len = 256
+  ENVS[env](c)
   r = c.rwml
-  r.instruction = "Reply with the map after this move as <next_state>map</next_state>."
-  r.similarity, r.tau, r.filter_tau = "rouge_l", 0.1, 0.1
-  r.max_new_tokens = 48  # an empty think block and a 3x3 map in tags: ~25 tokens
-  r.max_prediction_tokens = 64
   r.collect_tasks, r.collect_group_size = 64, 3
   r.filter_samples = 4
   r.triplets_per_update = 16
   r.panel_size, r.panel_samples = 64, 2
   length = {"train": {"updates": 6, "eval_every": 3} if ci else {"updates": 20, "eval_every": 5}}
+  if env != "frozenlake":  # an update takes ~1 min on the shared 2-core machine (prompts of ~300 tokens)
+    r.collect_tasks, r.filter_samples, r.panel_size = 32, 2, 32
+    c.train.eval_episodes, c.train.eval_every, c.train.updates = 32, 4, 8
+    length = {"train": {"updates": 4, "eval_every": 2}}
   overrides = {  # the world-model stage's own settings; task RL keeps configs/default.py's
       "rwml": {"algo": {"name": "grpo", "group_size": 8, "loss": {"kl_coef": 0.001}}, "paw": {"enabled": False},
                "optim": {"learning_rate": 3e-4}, "batch": {"mini_batch": r.triplets_per_update * 8}, **length},
       "wm_sft": length}
   c.stage_overrides = {stage: overrides[stage] for stage in c.stages.split(",") if stage in overrides}
-  if ci:
+  if ci and env == "frozenlake":
     r.collect_tasks, r.filter_samples, r.panel_size = 24, 2, 32
     c.train.updates = 4
+  elif ci:  # each stage runs, briefly: a smoke run of ~10 min
+    r.collect_tasks, r.panel_size = 8, 16
+    c.train.format_warmup_steps, c.train.eval_episodes, c.train.eval_every, c.train.updates = 20, 16, 1, 2
+    for stage in c.stage_overrides.values():
+      stage["train"] = {"updates": 2, "eval_every": 1}
   return c

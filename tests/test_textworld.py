@@ -92,6 +92,15 @@ def test_games_are_cached_and_deterministic(custom: TextWorldEnv, cache_dir):
   assert custom.game_path(Task("dev", 0)) == custom.game_path(Task("valid", 0)) != path
 
 
+def test_num_games_makes_each_split_a_finite_game_set(custom: TextWorldEnv, cache_dir):
+  pooled = TextWorldEnv(game="custom", settings=CUSTOM, cache_dir=cache_dir, num_games=2)
+  paths = [pooled.game_path(Task("train", s)) for s in (2, 3, 5)]
+  assert paths == [custom.game_path(Task("train", s)) for s in (0, 1, 1)]
+  assert pooled.reset(Task("train", 4)) == custom.reset(Task("train", 0))
+  with pytest.raises(EnvError, match="num_games must be >= 1"):
+    TextWorldEnv(num_games=0)
+
+
 def test_dense_reward_sums_to_r_max(cache_dir):
   env = TextWorldEnv(game="cooking", settings=COOKING, cache_dir=cache_dir, dense_reward=True)
   env.reset(Task("train", 0))  # the cached game of test_cooking_walkthrough_wins

@@ -2,7 +2,8 @@
 First TextWorld Problems) or "custom" quests (tw-make custom), played through Jericho with admissible commands.
 
 A Task (split, seed) fixes the game: the generator's seed is derived from (split, seed), and for cooking the split also
-picks the challenge's food split (train / valid / test). Compiled games are cached on disk under
+picks the challenge's food split (train / valid / test). With `num_games` each split is a finite set of games, as
+ALFWorld's official data is: Task (split, seed) plays game seed % num_games. Compiled games are cached on disk under
 `cache_dir/{kind}-{settings digest}-{split}-{seed}.z8` (+ .json), so only the first reset of a task pays for
 generation and Inform7 compilation (seconds); later resets start the cached game (~0.1 s).
 
@@ -108,8 +109,11 @@ class TextWorldEnv(TextEnv):
   max_steps = 50
 
   def __init__(self, game: str = "cooking", settings: Mapping[str, Any] | None = None,
-               cache_dir: str | Path | None = None, dense_reward: bool = False, max_steps: int | None = None):
+               cache_dir: str | Path | None = None, dense_reward: bool = False, max_steps: int | None = None,
+               num_games: int | None = None):
     super().__init__(max_steps)
+    if num_games is not None and num_games < 1:
+      raise EnvError(f"textworld: num_games must be >= 1 (or None: a game per seed), got {num_games}")
     if game not in DEFAULT_SETTINGS:
       raise EnvError(f"textworld: unknown game '{game}'; expected one of {sorted(DEFAULT_SETTINGS)}")
     unknown = sorted(set(settings or {}) - set(DEFAULT_SETTINGS[game]))
@@ -119,6 +123,7 @@ class TextWorldEnv(TextEnv):
     self.settings = {**DEFAULT_SETTINGS[game], **(settings or {})}
     self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     self.dense_reward = dense_reward
+    self.num_games = num_games
     self._digest = _settings_digest(game, self.settings)
     self._tw = None  # the running textworld environment
     self._game_path: Path | None = None
@@ -130,9 +135,10 @@ class TextWorldEnv(TextEnv):
     if task.split not in _SPLITS:
       raise EnvError(f"textworld: unknown split '{task.split}'; expected one of {sorted(_SPLITS)}")
     split = _SPLITS[task.split]
-    path = self.cache_dir / f"{self.game}-{self._digest}-{split}-{task.seed}.z8"
+    seed = task.seed if self.num_games is None else task.seed % self.num_games
+    path = self.cache_dir / f"{self.game}-{self._digest}-{split}-{seed}.z8"
     if not path.is_file():
-      compile_to_cache(generate_game(self.game, self.settings, split, task.seed), path)
+      compile_to_cache(generate_game(self.game, self.settings, split, seed), path)
     return path
 
   def _start(self, path: Path) -> None:
