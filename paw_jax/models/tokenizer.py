@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 import tempfile
 from typing import Sequence
 
@@ -51,8 +50,7 @@ class Tokenizer:
     """From an alias ("smollm2"), a `.gguf` file or a directory with tokenizer.json (local or gs://...)."""
     if "://" in str(name_or_path):  # transformers reads local files: a copy of the directory
       with tempfile.TemporaryDirectory() as local:
-        for file in epath.Path(name_or_path).iterdir():
-          (pathlib.Path(local) / file.name).write_bytes(file.read_bytes())
+        _copy_files(name_or_path, local)
         return cls.load(local)
     path = resolve_model_path(str(name_or_path))
     if path.is_file() and path.suffix == ".gguf":
@@ -89,8 +87,7 @@ class Tokenizer:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as local:  # transformers writes local files
       self.hf.save_pretrained(local)
-      for file in pathlib.Path(local).iterdir():
-        (directory / file.name).write_bytes(file.read_bytes())
+      _copy_files(local, directory)
     return directory
 
   def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
@@ -149,3 +146,8 @@ class Tokenizer:
     ids = [self.eos_token_id] + [vocab[token] for token in END_OF_TURN_TOKENS if token in vocab]
     return tuple(dict.fromkeys(ids))
 
+
+def _copy_files(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+  """The files of directory `source` into directory `destination`, either on any filesystem etils.epath knows."""
+  for file in epath.Path(source).iterdir():
+    (epath.Path(destination) / file.name).write_bytes(file.read_bytes())
