@@ -18,10 +18,8 @@ demo: $(STAMP)
 	$(PY) -m paw_jax.main --config=configs/default.py --config.workdir=runs/demo
 	$(PY) -m paw_jax.plot runs/demo
 
-# Two workers, a test file each (its module fixtures built once): XLA compiles on one core, so one worker's compile
-# overlaps the other's run. The slowest tests are listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q tests
 
 clean:
 	rm -rf $(VENV)

@@ -29,7 +29,6 @@ ENVS = [
 ]
 TEST = [
     "pytest>=8",
-    "pytest-xdist>=3.5",  # `make test` runs two workers: most of a fresh suite is single-threaded compilation
     "torch==2.13.0",  # CPU build; transformers + torch are the numerical oracle
     "accelerate>=1.0",  # transformers' own GGUF loading (the oracle) needs it
     "nbclient>=0.10",  # executes the Colab notebook in tests/test_notebook.py

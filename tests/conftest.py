@@ -18,16 +18,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 import pytest  # noqa: E402
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: a test file that takes minutes (whole training runs, a GGUF dequantised)")
-
-
-def pytest_collection_modifyitems(items):
-  """Files marked slow first (a stable sort keeps every file's order): under `make test`'s two workers, which take
-  whole files in this order, the longest ones then start at once instead of running alone at the end."""
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session")
 def frozenlake_rollout():
   """(tokenizer, model, turns, episodes): 2 groups x 4 episodes of 4-step FrozenLake played by a random tiny Llama

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-pytestmark = pytest.mark.slow  # minutes: conftest schedules this file first
-
 ROOT = Path(__file__).resolve().parents[1]
 # configs/default.py:ci cut to seconds: PaW on, trainer log-probs and a KL term (both device passes), 3 updates.
 OVERRIDES = ["--config.train.updates=3", "--config.train.format_warmup_steps=2",

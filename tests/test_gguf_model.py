@@ -17,8 +17,6 @@ from paw_jax.models.tokenizer import Tokenizer
 from paw_jax.models.transformer import Decoder, positions_from_mask
 from paw_jax.sampling import Sampler, SamplingConfig
 
-pytestmark = pytest.mark.slow  # minutes: conftest schedules this file first
-
 # An open-ended request, so greedy decoding runs past 20 tokens before an end-of-turn token.
 CHAT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 NEW_TOKENS = 20

@@ -14,8 +14,6 @@ from nbclient import NotebookClient
 
 from paw_jax.metrics import read_metrics
 
-pytestmark = pytest.mark.slow  # minutes: conftest schedules this file first
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "paw_jax_colab.ipynb"
 SKIP_TAG = "skip-in-tests"

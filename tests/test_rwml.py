@@ -17,8 +17,6 @@ from paw_jax.programs.rwml import FILTER_REPORT, FILTERED_FILE, TRAIN_FILE, VALI
 from paw_jax.train import train
 from paw_jax.triplets import Triplet
 
-pytestmark = pytest.mark.slow  # minutes: conftest schedules this file first
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -21,8 +21,6 @@ from paw_jax.models import hf_io
 from paw_jax.models.config import ModelConfig
 from paw_jax.models.tokenizer import Tokenizer
 
-pytestmark = pytest.mark.slow  # minutes: conftest schedules this file first
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ("--config.model.scratch.hidden_size=64", "--config.model.scratch.intermediate_size=128",
         "--config.model.scratch.num_layers=1", "--config.algo.groups_per_update=2", "--config.algo.group_size=4",
