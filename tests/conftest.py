@@ -2,8 +2,11 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# 8 virtual CPU devices so sharded code paths run for real; unsharded work stays on device 0.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# 8 virtual CPU devices so sharded code paths run for real; unsharded work stays on device 0. Their threads meet at
+# every collective, and on 2 busy cores one can arrive minutes late: past its termination timeout XLA aborts the
+# process (no Python error, no message under pytest's capture).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=900")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

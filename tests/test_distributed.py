@@ -24,10 +24,13 @@ OVERRIDES = ["--config.train.updates=3", "--config.train.format_warmup_steps=2",
 
 
 def _env(devices: int) -> dict[str, str]:
-  """One process's environment: `devices` CPU devices, the suite's compilation cache (every run here compiles the
-  same programs), a dead peer noticed after 15 s."""
+  """One process's environment: `devices` CPU devices (and the suite's other XLA flags), the suite's compilation
+  cache (every run here compiles the same programs), a dead peer noticed after 15 s."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("PAW_")}
-  return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  flags = [flag for flag in env.get("XLA_FLAGS", "").split()
+           if not flag.startswith("--xla_force_host_platform_device_count")]
+  flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags),
           "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
           "PAW_HEARTBEAT_TIMEOUT_S": "15", "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
 
