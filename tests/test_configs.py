@@ -154,17 +154,18 @@ def test_default_config_variants():
                                                         from_configdict(load("default.py")).algo)
 
 
-@pytest.mark.parametrize("setting", ["lake3", "lake4", "sokoban"])
-def test_default_setting_prompts_and_rows_fit_on_random_play(setting):
+@pytest.mark.parametrize("setting, episodes", [("lake3", 100), ("lake4", 100), ("sokoban", 100),
+                                               ("textworld", 48)])  # a new TextWorld game costs ~1 s to generate
+def test_default_setting_prompts_and_rows_fit_on_random_play(setting, episodes):
   """With the tokenizer a run trains on the env's text: every turn's prompt without history (the rollout drops
   history to fit) fits sampling.max_prompt_len, else the episode ends as an error; prompt + reply + observation
   header + observation fits batch.max_len."""
   config = from_configdict(load(f"default.py:setting={setting}"))
   env = env_class(config.env.name)(**config.env.kwargs)
-  tokenizer = scratch.train_env_tokenizer(env, config.prompt, config.tokenizer.vocab_size, episodes=100, seed=0)
+  tokenizer = scratch.train_env_tokenizer(env, config.prompt, config.tokenizer.vocab_size, episodes=episodes, seed=0)
   longest_prompt = longest_row = 0
   for task_text, step, history, observation, admissible, action, next_observation in scratch.random_play(
-      env, "eval", episodes=100, seed=1):
+      env, config.env.eval_split, episodes=episodes, seed=1):
     text = prompts.render_turn(type(env), config.prompt, task_text, step, [], observation, admissible)
     prompt = len(tokenizer.encode_chat(prompts.chat_messages(config.prompt, text), add_generation_prompt=True))
     reply = len(tokenizer.encode(scratch.reply_text(type(env), action))) + 1  # + end of turn

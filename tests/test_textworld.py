@@ -111,6 +111,19 @@ def test_dense_reward_sums_to_r_max(cache_dir):
   env.close()
 
 
+def test_exploring_state_changes_leaves_out_the_commands_that_only_read(custom: TextWorldEnv, cache_dir):
+  exploring = TextWorldEnv(game="custom", settings=CUSTOM, cache_dir=cache_dir, explore_state_changes=True)
+  for env in (custom, exploring):
+    env.reset(Task("train", 0))  # the cached game of test_custom_quest_walkthrough_wins
+  admissible = custom.admissible_actions()
+  assert custom.exploratory_actions() == admissible
+  reading = [c for c in admissible if c in ("look", "inventory") or c.startswith("examine ")]
+  assert "look" in reading and "inventory" in reading
+  assert exploring.exploratory_actions() == [c for c in admissible if c not in reading]
+  assert exploring.walkthrough()[0] in exploring.exploratory_actions()  # the quest's first step is explored
+  exploring.close()
+
+
 def test_losing_ends_the_episode_without_reward(cooking: TextWorldEnv):
   cooking.reset(Task("train", 0))
   walkthrough = cooking.walkthrough()

@@ -10,6 +10,10 @@ generation and Inform7 compilation (seconds); later resets start the cached game
 Reward: r_max on a win (the default, as ALFWorld), or with `dense_reward=True` r_max * (score delta) / max_score per
 step, which also sums to r_max on a win (the game's score reaches max_score exactly when it is won). A lost game ends
 the episode with no reward. A command that is not admissible costs `invalid_penalty` and is not sent to the game.
+
+Random play (a scratch model's tokenizer corpus and warm-up) samples the admissible commands; with
+`explore_state_changes=True` only those that change the game: `look`, `inventory` and `examine ...` are admissible in
+every state and several of them in each list, so uniform play over all of them teaches a policy mostly to read.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ _SPLITS = {"train": "train", "valid": "valid", "dev": "valid", "eval_in": "valid
 
 # Lines of the TextWorld banner (ASCII art) contain only these characters.
 _BANNER_LINE = re.compile(r"^[\s_|\\/$<>]+$")
+# Commands that only read the game (always admissible, never change its state).
+_READ_ONLY_COMMAND = re.compile(r"^(look|inventory|examine .*)$")
 
 
 def clean_feedback(text: str) -> str:
@@ -110,7 +116,7 @@ class TextWorldEnv(TextEnv):
 
   def __init__(self, game: str = "cooking", settings: Mapping[str, Any] | None = None,
                cache_dir: str | Path | None = None, dense_reward: bool = False, max_steps: int | None = None,
-               num_games: int | None = None):
+               num_games: int | None = None, explore_state_changes: bool = False):
     super().__init__(max_steps)
     if num_games is not None and num_games < 1:
       raise EnvError(f"textworld: num_games must be >= 1 (or None: a game per seed), got {num_games}")
@@ -124,6 +130,7 @@ class TextWorldEnv(TextEnv):
     self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     self.dense_reward = dense_reward
     self.num_games = num_games
+    self.explore_state_changes = explore_state_changes
     self._digest = _settings_digest(game, self.settings)
     self._tw = None  # the running textworld environment
     self._game_path: Path | None = None
@@ -161,6 +168,12 @@ class TextWorldEnv(TextEnv):
 
   def admissible_actions(self) -> list[str] | None:
     return list(self._state["admissible_commands"]) if self._state is not None else None
+
+  def exploratory_actions(self) -> list[str] | None:
+    admissible = self.admissible_actions()
+    if not self.explore_state_changes or admissible is None:
+      return admissible
+    return [command for command in admissible if not _READ_ONLY_COMMAND.match(command)] or admissible
 
   def _step(self, action: Action) -> tuple[str, float, bool, dict[str, Any]]:
     previous_score = self._state["score"]
