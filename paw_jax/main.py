@@ -44,15 +44,33 @@ def exit_now(status: int, message: str) -> None:
   os._exit(status)
 
 
-def _one_line(error: BaseException) -> str:
-  """The most informative message along the exception's chain (config_flags wraps the useful one), on one line."""
+def _chain(error: BaseException | None) -> list[BaseException]:
   chain = []
   while error is not None and len(chain) < 5:
     chain.append(error)
     error = error.__cause__ or error.__context__
-  text = max((str(e) for e in chain), key=len).replace("\\n", " ").replace("\\'", "'")
+  return chain
+
+
+def _one_line(error: BaseException) -> str:
+  """The most informative message along the exception's chain (config_flags wraps the useful one), on one line."""
+  text = max((str(e) for e in _chain(error)), key=len).replace("\\n", " ").replace("\\'", "'")
   text = " ".join(text.split())
   return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text
+
+
+def _unknown_field(error: BaseException, argv: list[str]) -> BaseException:
+  """config_flags reports an override of a field the config does not have as the bare field name (a KeyError):
+  names the override instead; other errors pass through."""
+  keys = [e.args[0].strip("'\"") for e in _chain(error)
+          if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str)]
+  for flag in (arg.split("=")[0] for arg in argv if keys and arg.startswith("--config.")):
+    path = flag.removeprefix("--config.").split(".")
+    if keys[0] in path:
+      parent = ".".join(path[:path.index(keys[0])])
+      return ValueError(f"{flag}: the config has no field {keys[0]!r}{f' under {parent!r}' if parent else ''}; an "
+                        "override can only change a field the config file sets")
+  return error
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -60,7 +78,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except Exception as error:  # noqa: BLE001 -- config_flags raises several kinds; each is a user error here
-    _user_error(error)
+    _user_error(_unknown_field(error, argv))
 
 
 def main(argv) -> None:

@@ -114,6 +114,8 @@ def run_main(*args: str, workdir: pathlib.Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/nothere.py"], "configs/nothere.py"),
     (["--config=configs/default.py", "--config.algo.nam=grpo"], 'Did you mean "name" instead of "nam"?'),
+    (["--config=configs/default.py", "--config.env.kwargs.dense_reward=true"],
+     "--config.env.kwargs.dense_reward: the config has no field 'dense_reward' under 'env.kwargs'"),
     (["--config=configs/default.py", "--config.batch.micro_batch=eight"], "--config.batch.micro_batch=eight: invalid"),
     (["--config=configs/default.py", "--config.paw.alpha=1.5"], "paw.alpha=1.5: expected in [0, 1]"),
     (["--config=configs/default.py", "--config.optim.learning_rate=-0.001"], "optim.learning_rate=-0.001"),
