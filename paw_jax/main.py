@@ -64,7 +64,9 @@ def _unknown_field(error: BaseException, argv: list[str]) -> BaseException:
   names the override instead; other errors pass through."""
   keys = [e.args[0].strip("'\"") for e in _chain(error)
           if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str)]
-  for flag in (arg.split("=")[0] for arg in argv if keys and arg.startswith("--config.")):
+  if not keys:
+    return error
+  for flag in (arg.split("=")[0] for arg in argv if arg.startswith("--config.")):
     path = flag.removeprefix("--config.").split(".")
     if keys[0] in path:
       parent = ".".join(path[:path.index(keys[0])])
