@@ -3,7 +3,7 @@ over seeds, with 95% bootstrap confidence intervals and paired differences again
 
   python bench/paw_ablation.py [--settings lake4,sokoban] [--variants off,on,placebo,echo] [--seeds 0,1,2]
                                [--updates N] [--out bench_runs/paw_ablation] [--results bench/paw_ablation]
-                               [--report-only]
+                               [--report-only] [--shared-warmup]
 
 Each run is `python -m paw_jax.main --config=configs/default.py:paw=V,setting=S --config.seed=N
 --config.workdir=OUT/S/V/seedN` in a child process (its log beside the workdir), one at a time, setting by setting and
@@ -11,6 +11,8 @@ seed by seed (every variant's seed 0 before any seed 1). A run whose metrics rea
 records up to it written to RESULTS/S/V/seedN/metrics.jsonl (small: it is committed) and is never trained again;
 an unfinished run resumes from its checkpoint in OUT (so does a finished one asked for more --updates: the learning
 rate is constant, so a longer run extends a shorter one). --report-only trains nothing and reports what RESULTS holds.
+With --shared-warmup the format warm-up runs once per setting and seed (OUT/S/warmup/seedN, a run of 0 updates whose
+export every variant starts from), instead of once in every run: the settings whose warm-up is long (textworld's).
 
 Per setting it prints markdown tables: eval success at each eval (seed mean [95% CI]); per variant the area under
 the success curve (AUC: its mean level over training), the final success, the world-model metrics at the last eval
@@ -56,11 +58,12 @@ def finished_records(workdir: pathlib.Path, updates: int) -> Records | None:
   return records if records and records[-1]["step"] == updates else None
 
 
-def train_run(workdir: pathlib.Path, setting: str, variant: str, seed: int, updates: int) -> None:
+def train_run(workdir: pathlib.Path, setting: str, variant: str, seed: int, updates: int, *overrides: str,
+              export: bool = False) -> None:
   """One run in a child process (a fresh JAX per run); its output goes to WORKDIR.log."""
   command = [sys.executable, "-m", "paw_jax.main", f"--config={CONFIG}:paw={variant},setting={setting}",
-             f"--config.seed={seed}", f"--config.workdir={workdir}", "--config.train.export_hf=False",
-             f"--config.train.updates={updates}"]
+             f"--config.seed={seed}", f"--config.workdir={workdir}", f"--config.train.export_hf={export}",
+             f"--config.train.updates={updates}", *overrides]
   log = workdir.with_suffix(".log")
   log.parent.mkdir(parents=True, exist_ok=True)
   start = time.time()
@@ -68,6 +71,19 @@ def train_run(workdir: pathlib.Path, setting: str, variant: str, seed: int, upda
   with open(log, "a") as out:
     code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
   print(f"  {'done' if code == 0 else f'FAILED (exit {code})'} in {(time.time() - start) / 60:.1f} min", flush=True)
+
+
+def warmed_up(out: pathlib.Path, setting: str, seed: int) -> tuple[str, ...]:
+  """The overrides that start a run from the seed's warmed-up policy: the warm-up (random play, no task signal, the
+  same for every variant) runs once, as an exported run of 0 updates."""
+  workdir = out / setting / "warmup" / f"seed{seed}"
+  export = workdir / "hf_export"
+  if not export.is_dir():
+    train_run(workdir, setting, "off", seed, 0, "--config.train.eval_at_start=False", export=True)
+  if not export.is_dir():
+    raise SystemExit(f"paw_ablation: the warm-up of {setting} seed {seed} wrote no export (log: "
+                     f"{workdir.with_suffix('.log')})")
+  return f"--config.model.path={export}", f"--config.tokenizer.path={export}", "--config.train.format_warmup_steps=0"
 
 
 def collect(args, setting: str, variants: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, Records]]:
@@ -81,7 +97,8 @@ def collect(args, setting: str, variants: Sequence[str], seeds: Sequence[int]) -
       records = finished_records(result_dir, updates)
       if records is None and not args.report_only:
         if finished_records(workdir, updates) is None:
-          train_run(workdir, setting, variant, seed, updates)
+          start = warmed_up(pathlib.Path(args.out), setting, seed) if args.shared_warmup else ()
+          train_run(workdir, setting, variant, seed, updates, *start)
         if (records := finished_records(workdir, updates)) is not None:
           result_dir.mkdir(parents=True, exist_ok=True)
           (result_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -184,6 +201,9 @@ def main() -> None:
   parser.add_argument("--out", default="bench_runs/paw_ablation", help="run workdirs (checkpoints: not committed)")
   parser.add_argument("--results", default="bench/paw_ablation", help="finished runs' metrics.jsonl and the plots")
   parser.add_argument("--report-only", action="store_true", help="train nothing; report what --results holds")
+  parser.add_argument("--shared-warmup", action="store_true",
+                      help="warm up once per setting and seed, and start every variant from it (else each run warms "
+                           "up itself: the same steps, paid once per variant)")
   args = parser.parse_args()
   settings, variants = args.settings.split(","), args.variants.split(",")
   if unknown := set(variants) - set(VARIANTS):
