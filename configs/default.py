@@ -53,7 +53,8 @@ SETTINGS = {  # setting=NAME: a partial config (the env, its kwargs, the prompt'
                     instruction="Reply with one admissible action as <action>action</action>."),
         # a first turn holds the objective twice (the task and the game's intro): 1 in 64 eval prompts was over 416
         sampling=dict(max_new_tokens=16, max_prompt_len=448), batch=dict(max_len=448 + 16 + 96, max_obs_tokens=96),
-        train=dict(format_warmup_steps=400, eval_episodes=64)),  # 100 steps left 78% of eval moves invalid
+        train=dict(format_warmup_steps=400, eval_episodes=64),  # 100 steps left 78% of eval moves invalid
+        optim=dict(learning_rate=2e-4)),  # at 1e-3 RL lost the warm-up's acting policy within 5 updates
 }
 DEFAULTS = dict(paw="on", setting="lake3")
 
