@@ -24,6 +24,27 @@ from paw_jax import paper_configs
 from paw_jax.algos.paw import VARIANTS
 from paw_jax.config import base_config
 
+
+def merged(*partials: dict) -> dict:
+  """One partial config from several, section by section: a later partial's fields replace an earlier one's."""
+  return {section: {k: v for p in partials for k, v in p.get(section, {}).items()} for p in partials for section in p}
+
+
+def apply(c, partial: dict) -> None:
+  """Sets a partial config's fields on the config c, section by section."""
+  for section, fields in partial.items():
+    c[section].update(fields)
+
+
+# A text-observation env (configs/rwml.py's too): each game's own objective and its admissible commands in the prompt
+TEXT_ENV = dict(
+    env=dict(num_envs=64, eval_split="eval_in"),  # one sampler call steps every episode of an update
+    tokenizer=dict(vocab_size=2048),  # generated names: a next-state prompt took up to 383 tokens at 1024, 272 here
+    prompt=dict(task="", list_admissible=True,
+                instruction="Reply with one admissible action as <action>action</action>."),
+    sampling=dict(max_new_tokens=16),  # the longest command and its tags: ~10 tokens
+    batch=dict(max_obs_tokens=96))
+
 LAKE_PROMPT = dict(task="Walk from P to the goal G without falling into a hole O.")
 SETTINGS = {  # setting=NAME: a partial config (the env, its kwargs, the prompt's task wording)
     # random 3x3 maps: 9% random-policy success, enough reward signal to learn from on a CPU
@@ -43,18 +64,14 @@ SETTINGS = {  # setting=NAME: a partial config (the env, its kwargs, the prompt'
     # prose, a step's command list changes with what the last one did. 25% random-policy success in 10 moves. Each
     # quest step earns half the win's reward (the game's score), as the first step is met far more often than a win.
     # The warm-up's random play leaves out look / inventory / examine: on all commands it taught a policy that reads.
-    "textworld": dict(
+    "textworld": merged(TEXT_ENV, dict(
         env=dict(name="textworld", kwargs=dict(game="custom", settings=dict(world_size=1, nb_objects=4, quest_length=2),
                                                max_steps=10, num_games=128, dense_reward=True,
-                                               explore_state_changes=True),
-                 num_envs=64, eval_split="eval_in"),
-        tokenizer=dict(vocab_size=2048),  # generated names split into many pieces at 1024
-        prompt=dict(task="", list_admissible=True,  # each game's own objective; the policy picks among its commands
-                    instruction="Reply with one admissible action as <action>action</action>."),
+                                               explore_state_changes=True)),
         # a first turn holds the objective twice (the task and the game's intro): 1 in 64 eval prompts was over 416
-        sampling=dict(max_new_tokens=16, max_prompt_len=448), batch=dict(max_len=448 + 16 + 96, max_obs_tokens=96),
+        sampling=dict(max_prompt_len=448), batch=dict(max_len=448 + 16 + 96),
         train=dict(format_warmup_steps=400, eval_episodes=64),  # 100 steps left 78% of eval moves invalid
-        optim=dict(learning_rate=2e-4)),  # at 1e-3 RL lost the warm-up's acting policy within 5 updates
+        optim=dict(learning_rate=2e-4))),  # at 1e-3 RL lost the warm-up's acting policy within 5 updates
 }
 DEFAULTS = dict(paw="on", setting="lake3")
 
@@ -97,8 +114,7 @@ def get_config(arg: str = ""):
   c.train.eval_episodes = 100
   c.train.checkpoint_every = 5
   c.paw.update(VARIANTS[paw])
-  for section, fields in SETTINGS[setting].items():  # last: a setting may resize what the lines above set
-    c[section].update(fields)
+  apply(c, SETTINGS[setting])  # last: a setting may resize what the lines above set
   if ci:
     c.train.updates = 8
     c.train.eval_every = 4

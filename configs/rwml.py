@@ -40,6 +40,17 @@ import pathlib
 
 from paw_jax import paper_configs
 
+
+def _load_default():
+  """configs/default.py, which is a config file, not a package module."""
+  spec = importlib.util.spec_from_file_location("default_config", pathlib.Path(__file__).with_name("default.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+DEFAULT = _load_default()
+
 METHODS = {"rwml": "rwml,rl", "sft": "wm_sft,rl", "rl": "rl"}
 # τ per env for MiniLM, from `python -m paw_jax.tools.rwml_calibrate` on the configured games (bench/RESULTS.md)
 TEXTWORLD_TAU = 0.272
@@ -58,19 +69,11 @@ def _frozenlake(c) -> None:
 
 
 def _text_env(c, name: str, kwargs: dict, tau: float) -> None:
-  """A text-observation env: its own task text and admissible list in the prompt, predictions judged by MiniLM."""
+  """A text-observation env (configs/default.py's TEXT_ENV prompt), predictions judged by MiniLM."""
+  DEFAULT.apply(c, DEFAULT.TEXT_ENV)
   c.env.name = name
   c.env.kwargs = kwargs
-  c.env.num_envs = 64  # one sampler call steps every episode of an update
-  c.env.in_process = True  # a game step is milliseconds: cheaper than a message to a worker
-  c.env.eval_split = "eval_in"
-  c.tokenizer.vocab_size = 2048  # generated names: at 1024 a next-state prompt took up to 383 tokens, at 2048 272
-  c.prompt.task = ""  # each game's own objective
-  c.prompt.list_admissible = True  # the policy picks among the game's commands
-  c.prompt.instruction = "Reply with one admissible action as <action>action</action>."
-  c.sampling.max_new_tokens = 16  # the longest command and its tags: ~10 tokens
   c.sampling.max_prompt_len = 416  # a first turn holds the objective twice (task, intro): <= 397 tokens in eval_in
-  c.batch.max_obs_tokens = 96
   r = c.rwml
   r.instruction = "Reply with what you will see after this action as <next_state>observation</next_state>."
   r.similarity, r.embedder, r.tau, r.filter_tau = "cosine", "minilm", tau, tau / 2
@@ -93,20 +96,12 @@ def _alfworld_gen(c) -> None:
 ENVS = {"frozenlake": _frozenlake, "textworld": _textworld, "alfworld_gen": _alfworld_gen}
 
 
-def _default_config(arg: str):
-  """configs/default.py's config: the from-scratch model, prompt and task RL this comparison starts from."""
-  spec = importlib.util.spec_from_file_location("default_config", pathlib.Path(__file__).with_name("default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def get_config(arg: str = ""):
   items = ["size=ci" if item.strip() == "ci" else item for item in (arg or "").split(",")]
   v = paper_configs.parse_variant(",".join(items), env="frozenlake", method="rwml", size="full")
   env, method = paper_configs.choice(v, "env", ENVS), paper_configs.choice(v, "method", METHODS)
   ci = paper_configs.choice(v, "size", ("full", "ci")) == "ci"
-  c = _default_config("ci" if ci else "")
+  c = DEFAULT.get_config("ci" if ci else "")  # the from-scratch model, prompt and task RL this starts from
   c.workdir = f"runs/rwml/{env}-{method}{'-ci' if ci else ''}"
   c.stages = METHODS[method]
   c.tokenizer.with_next_state = True

@@ -154,6 +154,17 @@ def test_default_config_variants():
                                                         from_configdict(load("default.py")).algo)
 
 
+
+def test_text_env_configs_share_one_prompt_and_keep_their_own_lengths():
+  paw_textworld, rwml_textworld = load("default.py:setting=textworld"), load("rwml.py:env=textworld")
+  shared = ["env.num_envs", "env.eval_split", "tokenizer.vocab_size", "prompt.task", "prompt.list_admissible",
+            "prompt.instruction", "sampling.max_new_tokens", "batch.max_obs_tokens"]
+  assert [get(paw_textworld, path) for path in shared] == [get(rwml_textworld, path) for path in shared]
+  assert (paw_textworld.prompt.list_admissible, paw_textworld.tokenizer.vocab_size) == (True, 2048)
+  # fields a config sets after the shared partial win over it (merged: the later partial; rwml: the later line)
+  assert (paw_textworld.sampling.max_prompt_len, rwml_textworld.sampling.max_prompt_len) == (448, 416)
+  assert paw_textworld.env.kwargs.dense_reward and "dense_reward" not in rwml_textworld.env.kwargs
+
 @pytest.mark.parametrize("setting, episodes", [("lake3", 100), ("lake4", 100), ("sokoban", 100),
                                                ("textworld", 48)])  # a new TextWorld game costs ~1 s to generate
 def test_default_setting_prompts_and_rows_fit_on_random_play(setting, episodes):
