@@ -154,7 +154,6 @@ def test_default_config_variants():
                                                         from_configdict(load("default.py")).algo)
 
 
-
 def test_text_env_configs_share_one_prompt_and_keep_their_own_lengths():
   paw_textworld, rwml_textworld = load("default.py:setting=textworld"), load("rwml.py:env=textworld")
   shared = ["env.num_envs", "env.eval_split", "tokenizer.vocab_size", "prompt.task", "prompt.list_admissible",
@@ -164,6 +163,7 @@ def test_text_env_configs_share_one_prompt_and_keep_their_own_lengths():
   # fields a config sets after the shared partial win over it (merged: the later partial; rwml: the later line)
   assert (paw_textworld.sampling.max_prompt_len, rwml_textworld.sampling.max_prompt_len) == (448, 416)
   assert paw_textworld.env.kwargs.dense_reward and "dense_reward" not in rwml_textworld.env.kwargs
+
 
 @pytest.mark.parametrize("setting, episodes", [("lake3", 100), ("lake4", 100), ("sokoban", 100),
                                                ("textworld", 48)])  # a new TextWorld game costs ~1 s to generate
