@@ -31,9 +31,11 @@ def merged(*partials: dict) -> dict:
 
 
 def apply(c, partial: dict) -> None:
-  """Sets a partial config's fields on the config c, section by section."""
+  """Sets a partial config's fields on the config c, section by section; a dict field (env.kwargs) is replaced whole,
+  not merged into the one c holds."""
   for section, fields in partial.items():
-    c[section].update(fields)
+    for name, value in fields.items():
+      c[section][name] = value
 
 
 # A text-observation env (configs/rwml.py's too): each game's own objective and its admissible commands in the prompt

@@ -25,12 +25,12 @@ the tokenizer learns the next-state texts, so the arms share one vocabulary and 
 compared by ROUGE-L: MiniLM cannot tell two maps apart, and tools/rwml_calibrate proposes τ = 0.1 (an exact map).
 RWML's step is smaller than task RL's (3e-4 vs 1e-3): at 1e-3 its KL to the start grew to 0.75 in 6 updates and
 the held-out reward fell.
-TextWorld: custom quests of 2 rooms, 3 objects and 2 steps (e.g. go east, take the whisk), at most 8 moves: random
-play wins 20% of them (30 episodes), so a scratch policy sees rewards from the start; 1 room / quests of 1: 60%;
-2 rooms / 4 objects / 12 moves: 40%; 3 rooms / quests of 3 / 15 moves: 10%. Each split is a set of 128 games
-(`num_games`): generated once (~2 s each), then shared by every arm and seed. Observations are sentences, compared by
-MiniLM; τ is tools/rwml_calibrate's proposal on these games, τ_filter the paper's half of it. The runs are short (an
-update takes about a minute on the shared 2-core machine): 4 world-model updates, then 8 of task RL.
+TextWorld: configs/default.py's setting, the one where task RL learns on a CPU: quests of two steps in one room (take
+the keycard, then unlock the safe with it), 10 moves, 128 games per split, 400 warm-up steps on random play without
+look / inventory / examine, task RL at 2e-4. (The first runs played 2 rooms / 3 objects / 8 moves with 100 warm-up
+steps: the warmed-up policy read the game and never won one, bench/RESULTS.md.) Observations are sentences, compared by
+MiniLM; τ is tools/rwml_calibrate's proposal on these games, τ_filter the paper's half of it. The runs are short: 4
+world-model updates, then 8 of task RL.
 ALFWorld (generated problems, pick-and-place only): random play won 0 of 20 episodes of 30 moves (~24 admissible
 commands a step, a room of ~30 receptacles), so task RL from scratch sees no reward there: the variant runs the
 pipeline (the world-model stages have data), but a policy that learns the task needs a pretrained model.
@@ -53,7 +53,7 @@ DEFAULT = _load_default()
 
 METHODS = {"rwml": "rwml,rl", "sft": "wm_sft,rl", "rl": "rl"}
 # τ per env for MiniLM, from `python -m paw_jax.tools.rwml_calibrate` on the configured games (bench/RESULTS.md)
-TEXTWORLD_TAU = 0.272
+TEXTWORLD_TAU = 0.291
 ALFWORLD_TAU = 0.147
 
 
@@ -68,29 +68,27 @@ def _frozenlake(c) -> None:
   r.max_prediction_tokens = 64
 
 
-def _text_env(c, name: str, kwargs: dict, tau: float) -> None:
-  """A text-observation env (configs/default.py's TEXT_ENV prompt), predictions judged by MiniLM."""
-  DEFAULT.apply(c, DEFAULT.TEXT_ENV)
-  c.env.name = name
-  c.env.kwargs = kwargs
-  c.sampling.max_prompt_len = 416  # a first turn holds the objective twice (task, intro): <= 397 tokens in eval_in
+def _text_env(c, partial: dict, tau: float) -> None:
+  """A text-observation env (`partial` builds on configs/default.py's TEXT_ENV prompt), predictions judged by MiniLM."""
+  DEFAULT.apply(c, partial)
   r = c.rwml
   r.instruction = "Reply with what you will see after this action as <next_state>observation</next_state>."
   r.similarity, r.embedder, r.tau, r.filter_tau = "cosine", "minilm", tau, tau / 2
   r.max_new_tokens = r.max_prediction_tokens = 96
-  c.batch.max_len = c.sampling.max_prompt_len + r.max_new_tokens
+  # a row is a next-state prompt and its prediction, or in task RL a prompt, an action and the next observation
+  c.batch.max_len = max(c.batch.max_len, c.sampling.max_prompt_len + r.max_new_tokens)
 
 
 def _textworld(c) -> None:
-  settings = dict(world_size=2, nb_objects=3, quest_length=2)
-  _text_env(c, "textworld", dict(game="custom", settings=settings, max_steps=8, num_games=128), tau=TEXTWORLD_TAU)
+  """configs/default.py's TextWorld setting: its games, warm-up and task-RL step, the one that learns there."""
+  _text_env(c, DEFAULT.SETTINGS["textworld"], tau=TEXTWORLD_TAU)
 
 
 def _alfworld_gen(c) -> None:
-  _text_env(c, "alfworld", dict(source="generated", task_types=("pick_and_place_simple",), max_steps=30),
-            tau=ALFWORLD_TAU)
-  c.sampling.max_prompt_len = 768  # the first observation lists every receptacle; ~24 commands a step
-  c.batch.max_len = c.sampling.max_prompt_len + c.rwml.max_new_tokens
+  env = dict(name="alfworld", kwargs=dict(source="generated", task_types=("pick_and_place_simple",), max_steps=30))
+  # the first observation lists every receptacle; ~24 commands a step
+  partial = dict(env=env, sampling=dict(max_prompt_len=768), train=dict(eval_episodes=32))
+  _text_env(c, DEFAULT.merged(DEFAULT.TEXT_ENV, partial), tau=ALFWORLD_TAU)
 
 
 ENVS = {"frozenlake": _frozenlake, "textworld": _textworld, "alfworld_gen": _alfworld_gen}
@@ -115,7 +113,7 @@ def get_config(arg: str = ""):
   length = {"train": {"updates": 6, "eval_every": 3} if ci else {"updates": 20, "eval_every": 5}}
   if env != "frozenlake":  # an update takes ~1 min on the shared 2-core machine (prompts of ~300 tokens)
     r.collect_tasks, r.filter_samples, r.panel_size = 32, 2, 32
-    c.train.eval_episodes, c.train.eval_every, c.train.updates = 32, 4, 8
+    c.train.eval_every, c.train.updates = 4, 8
     length = {"train": {"updates": 4, "eval_every": 2}}
   overrides = {  # the world-model stage's own settings; task RL keeps configs/default.py's
       "rwml": {"algo": {"name": "grpo", "group_size": 8, "loss": {"kl_coef": 0.001}}, "paw": {"enabled": False},

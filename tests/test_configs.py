@@ -154,15 +154,19 @@ def test_default_config_variants():
                                                         from_configdict(load("default.py")).algo)
 
 
-def test_text_env_configs_share_one_prompt_and_keep_their_own_lengths():
+def test_rwml_textworld_plays_the_paw_setting_and_alfworld_shares_its_prompt():
   paw_textworld, rwml_textworld = load("default.py:setting=textworld"), load("rwml.py:env=textworld")
-  shared = ["env.num_envs", "env.eval_split", "tokenizer.vocab_size", "prompt.task", "prompt.list_admissible",
-            "prompt.instruction", "sampling.max_new_tokens", "batch.max_obs_tokens"]
+  shared = ["env.name", "env.kwargs", "env.num_envs", "env.eval_split", "tokenizer.vocab_size", "prompt.task",
+            "prompt.list_admissible", "prompt.instruction", "sampling.max_prompt_len", "sampling.max_new_tokens",
+            "batch.max_len", "batch.max_obs_tokens", "optim.learning_rate", "train.format_warmup_steps",
+            "train.eval_episodes"]
   assert [get(paw_textworld, path) for path in shared] == [get(rwml_textworld, path) for path in shared]
   assert (paw_textworld.prompt.list_admissible, paw_textworld.tokenizer.vocab_size) == (True, 2048)
-  # fields a config sets after the shared partial win over it (merged: the later partial; rwml: the later line)
-  assert (paw_textworld.sampling.max_prompt_len, rwml_textworld.sampling.max_prompt_len) == (448, 416)
-  assert paw_textworld.env.kwargs.dense_reward and "dense_reward" not in rwml_textworld.env.kwargs
+  alfworld = load("rwml.py:env=alfworld_gen")
+  assert (alfworld.prompt.instruction, alfworld.batch.max_obs_tokens) == (paw_textworld.prompt.instruction, 96)
+  assert (alfworld.sampling.max_prompt_len, alfworld.batch.max_len) == (768, 768 + alfworld.rwml.max_new_tokens)
+  # a partial's env.kwargs replaces the lake's whole: no FrozenLake field is left in a text env's
+  assert "size" not in rwml_textworld.env.kwargs and "size" not in alfworld.env.kwargs
 
 
 @pytest.mark.parametrize("setting, episodes", [("lake3", 100), ("lake4", 100), ("sokoban", 100),
