@@ -41,7 +41,6 @@ from paw_jax.plot import plot_comparison, series
 
 CONFIG = "configs/default.py"
 BASELINES = ("off", "placebo")  # the differences are taken against these
-MIN_SEEDS_FOR_SIGNIFICANCE = 3  # below, a bootstrap interval is [min, max] of one or two differences: no test
 Records = list[dict[str, Any]]
 
 
@@ -137,12 +136,8 @@ def difference(runs: dict[str, dict[int, Records]], variant: str, baseline: str,
   seeds = sorted(set(runs[variant]) & set(runs[baseline]))
   if not seeds:
     return "–"
-  d = stats.bootstrap_difference(np.array([metric(runs[variant][s]) for s in seeds]),
-                                 np.array([metric(runs[baseline][s]) for s in seeds]), paired=True)
-  if len(seeds) < MIN_SEEDS_FOR_SIGNIFICANCE:
-    return f"{d.estimate:+.3f} ({len(seeds)} seed{'s' * (len(seeds) > 1)}: no test)"
-  verdict = "**significant**" if d.excludes_zero else "n.s."
-  return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}] {verdict}"
+  return stats.paired_difference_cell(np.array([metric(runs[variant][s]) for s in seeds]),
+                                      np.array([metric(runs[baseline][s]) for s in seeds]))
 
 
 def report(setting: str, runs: dict[str, dict[int, Records]], updates: int, results: pathlib.Path) -> None:
@@ -179,7 +174,7 @@ def report(setting: str, runs: dict[str, dict[int, Records]], updates: int, resu
     if not others:
       continue
     print(f"\ndifference to `{baseline}`, paired by seed: mean [95% bootstrap CI]; significant only when the CI "
-          f"excludes 0 (and >= {MIN_SEEDS_FOR_SIGNIFICANCE} seeds)\n")
+          f"excludes 0 (and >= {stats.MIN_SEEDS_FOR_SIGNIFICANCE} seeds)\n")
     print("| variant | Δ success AUC | Δ final success |")
     print("|---|---:|---:|")
     for variant in others:

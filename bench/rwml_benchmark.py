@@ -150,6 +150,15 @@ def fmt(values: Sequence[float | None]) -> str:
   return str(stats.bootstrap_mean(np.asarray(values)))
 
 
+def paired(done: dict[str, list[dict[str, Any]]], a: tuple[str, str], b: tuple[str, str], key: str) -> str:
+  """`key` of (arm, where) a minus that of b, paired over the seeds both finished (a table cell)."""
+  by_seed = [{r["seed"]: r[where][key] for r in done[arm] if r[where][key] is not None} for arm, where in (a, b)]
+  seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+  if not seeds:
+    return "–"
+  return stats.paired_difference_cell(*(np.array([values[s] for s in seeds]) for values in by_seed))
+
+
 def report(env: str, size: str, done: dict[str, list[dict[str, Any]]], results: pathlib.Path) -> None:
   pre, rl = budget(env, size)
   print(f"\n{env} ({size}): budget {pre + rl} updates per arm (world-model stage {pre} + task RL {rl}; task RL alone: "
@@ -169,6 +178,24 @@ def report(env: str, size: str, done: dict[str, list[dict[str, Any]]], results: 
       if arm == "rl":
         cells[1] = "–"
       print(f"| {ARMS[arm]} | {key} | " + " | ".join(cells) + " |")
+  two_stage = [arm for arm in done if arm != "rl"]
+  print(f"\npaired by seed: mean difference [95% bootstrap CI]; significant only when the CI excludes 0 (and >= "
+        f"{stats.MIN_SEEDS_FOR_SIGNIFICANCE} seeds)")
+  if "rl" in done and two_stage:
+    print("\n| arm − task RL alone | Δ final eval success | Δ final eval/invalid_rate | Δ final eval/wm_ce |")
+    print("|---|---:|---:|---:|")
+    for arm in two_stage:
+      cells = [paired(done, (arm, "final"), ("rl", "final"), key)
+               for key in ("eval/success", "eval/invalid_rate", "eval/wm_ce")]
+      print(f"| {ARMS[arm]} | " + " | ".join(cells) + " |")
+  if two_stage:
+    print("\n| arm: after the first stage − start | Δ eval success | Δ eval/invalid_rate | Δ eval/wm_reward | "
+          "Δ eval/wm_ce |")
+    print("|---|---:|---:|---:|---:|")
+    for arm in two_stage:
+      cells = [paired(done, (arm, "rl_start"), (arm, "start"), key)
+               for key in ("eval/success", "eval/invalid_rate", "eval/wm_reward", "eval/wm_ce")]
+      print(f"| {ARMS[arm]} | " + " | ".join(cells) + " |")
   curves = {f"{ARMS[arm]} ({len(runs)} seeds)": [{"step": step + r["pre_stage_updates"], "eval/success": value}
                                                   for r in runs for step, value in r["success_curve"]]
             for arm, runs in done.items()}

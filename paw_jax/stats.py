@@ -12,6 +12,7 @@ import numpy as np
 
 NUM_RESAMPLES = 10_000
 LEVEL = 0.95
+MIN_SEEDS_FOR_SIGNIFICANCE = 3  # below, a bootstrap interval is [min, max] of one or two differences: no test
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,16 @@ def bootstrap_difference(a_S: np.ndarray, b_S: np.ndarray, paired: bool, seed: i
   index_b_RxS = rng.integers(0, len(b_S), (num_resamples, len(b_S)))
   resampled_R = a_S[index_a_RxS].mean(axis=1) - b_S[index_b_RxS].mean(axis=1)
   return _percentile_interval(a_S.mean() - b_S.mean(), resampled_R, level)
+
+
+def paired_difference_cell(a_S: np.ndarray, b_S: np.ndarray) -> str:
+  """A results-table cell for mean(a) - mean(b) over paired seeds: the difference, its 95% CI and whether the
+  interval excludes 0; with fewer than MIN_SEEDS_FOR_SIGNIFICANCE seeds, the difference alone."""
+  d = bootstrap_difference(a_S, b_S, paired=True)
+  if len(a_S) < MIN_SEEDS_FOR_SIGNIFICANCE:
+    return f"{d.estimate:+.3f} ({len(a_S)} seed{'s' * (len(a_S) > 1)}: no test)"
+  verdict = "**significant**" if d.excludes_zero else "n.s."
+  return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}] {verdict}"
 
 
 def normalized_auc(steps_N: np.ndarray, values_N: np.ndarray) -> float:

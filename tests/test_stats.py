@@ -57,6 +57,15 @@ def test_excludes_zero_only_when_the_interval_does():
   assert stats.bootstrap_difference(np.array([0.5, 0.5]), np.array([0.5, 0.5]), paired=True).excludes_zero is False
 
 
+def test_paired_difference_cell_tests_only_from_three_seeds():
+  a, b = np.array([0.6, 0.8, 0.7]), np.array([0.5, 0.55, 0.72])
+  d = stats.bootstrap_difference(a, b, paired=True)
+  assert stats.paired_difference_cell(a, b) == f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}] n.s."
+  assert stats.paired_difference_cell(a + 1, b).endswith("**significant**")  # every seed's difference is > 0
+  assert stats.paired_difference_cell(a[:2], b[:2]) == "+0.175 (2 seeds: no test)"
+  assert stats.paired_difference_cell(a[:1], b[:1]) == "+0.100 (1 seed: no test)"
+
+
 def test_normalized_auc_is_the_trapezoid_mean_level():
   steps, values = np.array([0, 5, 10, 20, 40]), np.array([0.1, 0.3, 0.2, 0.6, 0.8])
   assert stats.normalized_auc(steps, values) == pytest.approx(np.trapezoid(values, steps) / 40)
