@@ -140,6 +140,17 @@ def run_arm(env: str, arm: str, seed: int, size: str, out: pathlib.Path, results
   return result
 
 
+def share_task_start(done: dict[str, list[dict[str, Any]]]) -> None:
+  """Fills a two-stage arm's start success and invalid rate from task RL alone's update-0 eval of the same seed: its
+  first stage evaluates the world model only, and both start from the seed's warm-up export, evaluated on the same
+  seeded episodes."""
+  task_start = {r["seed"]: r["start"] for r in done.get("rl", [])}
+  for arm, runs in done.items():
+    for r in runs:
+      if arm != "rl" and r["seed"] in task_start:
+        r["start"].update({k: task_start[r["seed"]][k] for k in ("eval/success", "eval/invalid_rate")})
+
+
 def fmt(values: Sequence[float | None]) -> str:
   """mean [95% CI] over seeds ('–' when none), or the one value."""
   values = [v for v in values if v is not None]
@@ -227,6 +238,7 @@ def main() -> None:
       result = run_arm(args.env, arm, seed, args.size, out, results)
       done[arm].append({**result, "seed": seed})
   done = {arm: runs for arm, runs in done.items() if runs}
+  share_task_start(done)
   if done:
     report(args.env, args.size, done, results)
   missing = [f"{arm} seed {seed}" for seed in seeds for arm in arms if seed not in [r["seed"] for r in done.get(arm, [])]]
