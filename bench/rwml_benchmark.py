@@ -207,8 +207,8 @@ def report(env: str, size: str, done: dict[str, list[dict[str, Any]]], results: 
       cells = [paired(done, (arm, "rl_start"), (arm, "start"), key)
                for key in ("eval/success", "eval/invalid_rate", "eval/wm_reward", "eval/wm_ce")]
       print(f"| {ARMS[arm]} | " + " | ".join(cells) + " |")
-  curves = {f"{ARMS[arm]} ({len(runs)} seeds)": [{"step": step + r["pre_stage_updates"], "eval/success": value}
-                                                  for r in runs for step, value in r["success_curve"]]
+  curves = {ARMS[arm]: [{"step": step + r["pre_stage_updates"], "eval/success": value}
+                          for r in runs for step, value in r["success_curve"]]
             for arm, runs in done.items()}
   png = plot_comparison(curves, "eval/success", results / f"{env}-{size}" / "success.png",
                         title=f"{env}: eval success over the update budget (mean ± std over seeds)")
