@@ -198,6 +198,7 @@ class Learner:
     self.state = init_state(params, optimizer, with_ref=with_ref, ref_dtype=ref_dtype)
     self._update = jit_update(graphdef, optimizer, loss_fn, mesh)
     self._logprobs = jit_logprobs(graphdef, mesh)
+    self._last_step_metrics = None
 
   @property
   def params(self) -> Any:
@@ -236,10 +237,16 @@ class Learner:
       plugin.device_pass(batch, micro_batch)
 
   def step(self, minibatch: Mapping[str, np.ndarray]) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
-    """One optimizer step of the policy, then of each plug-in, on a [num_micro, micro_batch, ...] mini-batch."""
+    """One optimizer step of the policy, then of each plug-in, on a [num_micro, micro_batch, ...] mini-batch.
+
+    Waits for the previous step first: the host prepares step k+1 while step k runs, never more. Unpaced, a loop of
+    steps queues them all (their mini-batches held on the devices), and on XLA:CPU's virtual devices a device whose
+    queue is full (32 programs) parks a launch on the thread another device's all-reduce needs: a deadlock."""
+    jax.block_until_ready(self._last_step_metrics)
     minibatch = sharding.shard_rows(dict(minibatch), self.mesh, row_axis=1)
     self.state, metrics = self._update(self.state, minibatch)
-    return metrics, {plugin.name: plugin.step(minibatch) for plugin in self.plugins}
+    self._last_step_metrics = metrics, {plugin.name: plugin.step(minibatch) for plugin in self.plugins}
+    return self._last_step_metrics
 
   def update(self, batch: TrainBatch, mini_batch: int, micro_batch: int, old_logp: str,
              epochs: int = 1) -> dict[str, float]:
