@@ -4,9 +4,11 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # 8 virtual CPU devices so sharded code paths run for real; unsharded work stays on device 0. Their threads meet at
 # every collective, and on 2 busy cores one can arrive minutes late: past its termination timeout XLA aborts the
-# process (no Python error, no message under pytest's capture).
+# process (no Python error, no message under pytest's capture). No excess precision: the tests check the numbers
+# the declared dtypes give, and XLA:CPU may otherwise run a bf16 x bf16 -> fp32 matmul on the fp32 weights a bf16
+# cast came from, skipping the rounding (a bf16 copy of the weights would then differ from bf16 compute).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=900")
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_allow_excess_precision=false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
