@@ -1,7 +1,8 @@
 """The Learner: one PaW update and one PPO update give the numbers the trainer gave before the Learner existed; exact
 micro-batch accumulation, skipped non-finite steps, trainer log-probs equal to the sampler's and to the full-logits
-definition, a bfloat16 reference, and the SFT loss."""
+definition, a bfloat16 reference, the SFT loss, and at most one step dispatched ahead."""
 import dataclasses
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -171,3 +172,25 @@ def test_prepare_then_update_in_a_few_lines(frozenlake_rollout, tmp_path):
   assert int(learner.state.step) == -(-batch.num_rows // 8) and metrics["train/skipped"] == 0
   # The first step starts at the reference (KL 0), later ones have moved away from it.
   assert 0 < metrics["train/kl"] < 0.1 and metrics["paw/wm_loss"] > 0
+
+
+def test_a_step_waits_for_the_previous_one_so_the_host_runs_one_step_ahead(frozenlake_rollout):
+  """A step held on the device (its loss waits for `release`) holds back the dispatch of the step after the next."""
+  tokenizer, model, turns, _ = frozenlake_rollout
+  release = threading.Event()
+
+  def held_loss(graphdef, params, micro, counts, mesh):
+    loss, metrics = sft_loss()(graphdef, params, micro, counts, mesh)
+    gate = jax.pure_callback(lambda: np.float32(release.wait()) * 0, jax.ShapeDtypeStruct((), jnp.float32))
+    return loss + jax.lax.stop_gradient(gate), metrics
+
+  learner = Learner(nnx.graphdef(model), jax.tree.map(jnp.copy, nnx.state(model)), OptimConfig(), held_loss,
+                    ONE_DEVICE, with_ref=False)
+  minibatch = next(pack_rows(turns, tokenizer, BATCH, with_observation=False).mini_batches(8, 4, "sampler"))
+  release.set()
+  jax.block_until_ready(learner.step(minibatch))  # compiled and run once
+  release.clear()
+  threading.Timer(1.0, release.set).start()
+  held, _ = learner.step(minibatch)
+  learner.step(minibatch)  # returns only once the held step has run
+  assert all(leaf.is_ready() for leaf in jax.tree.leaves(held))
