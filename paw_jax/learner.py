@@ -198,7 +198,6 @@ class Learner:
     self.state = init_state(params, optimizer, with_ref=with_ref, ref_dtype=ref_dtype)
     self._update = jit_update(graphdef, optimizer, loss_fn, mesh)
     self._logprobs = jit_logprobs(graphdef, mesh)
-    self._last_step_metrics = None
 
   @property
   def params(self) -> Any:
@@ -242,11 +241,10 @@ class Learner:
     Waits for the previous step first: the host prepares step k+1 while step k runs, never more. Unpaced, a loop of
     steps queues them all (their mini-batches held on the devices), and on XLA:CPU's virtual devices a device whose
     queue is full (32 programs) parks a launch on the thread another device's all-reduce needs: a deadlock."""
-    jax.block_until_ready(self._last_step_metrics)
+    jax.block_until_ready(self.states())
     minibatch = sharding.shard_rows(dict(minibatch), self.mesh, row_axis=1)
     self.state, metrics = self._update(self.state, minibatch)
-    self._last_step_metrics = metrics, {plugin.name: plugin.step(minibatch) for plugin in self.plugins}
-    return self._last_step_metrics
+    return metrics, {plugin.name: plugin.step(minibatch) for plugin in self.plugins}
 
   def update(self, batch: TrainBatch, mini_batch: int, micro_batch: int, old_logp: str,
              epochs: int = 1) -> dict[str, float]:
