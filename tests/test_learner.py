@@ -175,7 +175,7 @@ def test_prepare_then_update_in_a_few_lines(frozenlake_rollout, tmp_path):
 
 
 def test_a_step_waits_for_the_previous_one_so_the_host_runs_one_step_ahead(frozenlake_rollout):
-  """A step held on the device (its loss waits for `release`) holds back the dispatch of the step after the next."""
+  """A step held on the device (its loss waits for `release`) holds back the next step's dispatch."""
   tokenizer, model, turns, _ = frozenlake_rollout
   release = threading.Event()
 

@@ -245,9 +245,7 @@ def decoder_layer(cfg: ModelConfig, params: dict[str, jax.Array], x_BxTxD: jax.A
   dtype = cfg.compute_jnp_dtype
   p = {name: value.astype(dtype) for name, value in params.items()}
   h_BxTxD = rms_norm(x_BxTxD, p["attn_norm"], cfg.rms_norm_eps)
-  heads = lambda w_DxNxH: dense(h_BxTxD, w_DxNxH.reshape(w_DxNxH.shape[0], -1)).reshape(  # noqa: E731
-      *h_BxTxD.shape[:2], *w_DxNxH.shape[1:])
-  q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = heads(p["q"]), heads(p["k"]), heads(p["v"])
+  q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = dense(h_BxTxD, p["q"]), dense(h_BxTxD, p["k"]), dense(h_BxTxD, p["v"])
   if cfg.qkv_bias:
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = q_BxTxNxH + p["q_bias"], k_BxTxKxH + p["k_bias"], v_BxTxKxH + p["v_bias"]
   if cfg.qk_norm:
@@ -265,13 +263,14 @@ def decoder_layer(cfg: ModelConfig, params: dict[str, jax.Array], x_BxTxD: jax.A
   return x_BxTxD + dense(gated_BxTxF, p["down"]), aux
 
 
-def dense(x_BxTxD: jax.Array, w_DxF: jax.Array, preferred_element_type: jnp.dtype | None = None) -> jax.Array:
-  """x @ w over rows flattened to [B*T, D]: the weight gradient is then one plain [D, B*T] x [B*T, F] matmul,
-  which XLA's CPU backend runs on its fast GEMM path (a contraction over both B and T goes through transposing
-  copies and a slower kernel: forward+backward was 1.3-1.4x slower)."""
+def dense(x_BxTxD: jax.Array, w_Dx: jax.Array, preferred_element_type: jnp.dtype | None = None) -> jax.Array:
+  """x @ w for a weight [D, ...] (output dims flattened, e.g. [D, heads, head_dim]) over rows flattened to
+  [B*T, D]: the weight gradient is then one plain [D, B*T] x [B*T, F] matmul, which XLA's CPU backend runs on its
+  fast GEMM path (a contraction over both B and T goes through transposing copies and a slower kernel:
+  forward+backward was 1.3-1.4x slower)."""
   rows_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
-  out_NxF = jnp.matmul(rows_NxD, w_DxF, preferred_element_type=preferred_element_type)
-  return out_NxF.reshape(*x_BxTxD.shape[:-1], w_DxF.shape[-1])
+  out_NxF = jnp.matmul(rows_NxD, w_Dx.reshape(w_Dx.shape[0], -1), preferred_element_type=preferred_element_type)
+  return out_NxF.reshape(*x_BxTxD.shape[:-1], *w_Dx.shape[1:])
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
