@@ -160,6 +160,28 @@ def test_contiguous_rows_attention_equals_the_masked_attention_at_real_tokens(le
   assert np.isfinite(np.asarray(got)).all()
 
 
+@pytest.mark.parametrize("dtype, atol", [(jnp.float32, 2e-6), (jnp.bfloat16, 0.0)])
+@pytest.mark.parametrize("num_queries", [5, 1])
+def test_grouped_attention_equals_jax_dot_product_attention(dtype, atol, num_queries):
+  """The heads-major layout is jax's XLA attention: output and gradients, 4 query heads per KV head, queries at the
+  last slots of a longer cache (a decode step: one), and a row with no visible key (jax's uniform weights)."""
+  rng = np.random.RandomState(8)
+  q = jnp.asarray(rng.randn(3, num_queries, 8, 16), dtype)
+  k, v = (jnp.asarray(rng.randn(3, 9, 2, 16), dtype) for _ in range(2))
+  key_mask = jnp.asarray(rng.rand(3, 9) > 0.3).at[:, 0].set(True).at[0].set(False)
+  mask = transformer._attention_mask(key_mask, jnp.arange(9), 9 - num_queries + jnp.arange(num_queries))
+
+  def out_and_grads(attend):
+    loss = lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v).astype(jnp.float32)))  # noqa: E731
+    return attend(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  got = out_and_grads(lambda q, k, v: transformer.grouped_attention(q, k, v, mask, 0.25))
+  expected = out_and_grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, scale=0.25,
+                                                                        implementation="xla"))
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize("impl", ["auto", "xla"])
 def test_attention_impl_keeps_cpu_numbers_bit_identical(impl, tmp_path):
   """Off an NVIDIA GPU "auto" is the XLA path: logits and gradients bit for bit those of "xla", fp32 and bf16."""

@@ -197,13 +197,40 @@ def _run_layers(body: Callable, x, xs, num_layers: int, scan: bool):
 
 def attention(cfg: ModelConfig, q_BxTxNxH: jax.Array, keys_BxSxKxH: jax.Array, values_BxSxKxH: jax.Array,
               mask_Bx1xTxS: jax.Array) -> jax.Array:
-  """Masked attention: a T x S boolean mask, XLA's dot_product_attention or, for a prefill chunk (T > 1) where
+  """Masked attention with a T x S boolean mask: `grouped_attention` on XLA or, for a prefill chunk (T > 1) where
   `flash_attention_applies`, cuDNN's flash kernel reading the mask as an additive bias (no fp32 scores in memory).
   One query (decode) stays on XLA: a single row of scores gains nothing from a fused kernel."""
-  use_cudnn = q_BxTxNxH.shape[1] > 1 and flash_attention_applies(cfg, q_BxTxNxH.dtype)
-  return jax.nn.dot_product_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask=mask_Bx1xTxS,
-                                      scale=1.0 / math.sqrt(cfg.head_dim),
-                                      implementation="cudnn" if use_cudnn else None)
+  scale = 1.0 / math.sqrt(cfg.head_dim)
+  if q_BxTxNxH.shape[1] > 1 and flash_attention_applies(cfg, q_BxTxNxH.dtype):
+    return jax.nn.dot_product_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask=mask_Bx1xTxS, scale=scale,
+                                        implementation="cudnn")
+  return grouped_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask_Bx1xTxS, scale)
+
+
+def grouped_attention(q_BxTxNxH: jax.Array, keys_BxSxKxH: jax.Array, values_BxSxKxH: jax.Array,
+                      mask_Bx1xTxS: jax.Array, scale: float) -> jax.Array:
+  """`jax.nn.dot_product_attention`'s XLA computation (fp32 scores and softmax, masked scores set to its large
+  negative), laid out heads-major: the G query heads that share a KV head are folded into the rows, R = G*T, so
+  both matmuls are plain [R, H] x [H, S] and [R, S] x [S, H] per (row, KV head). Its [B, T, K, G, S] layout made
+  XLA's CPU backend copy and transpose the scores around every matmul of the backward: forward+backward of
+  attention took twice as long."""
+  batch, length, num_heads, head_dim = q_BxTxNxH.shape
+  num_kv_heads = keys_BxSxKxH.shape[2]
+  group = num_heads // num_kv_heads
+  q_BxKxRxH = (q_BxTxNxH.reshape(batch, length, num_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+               .reshape(batch, num_kv_heads, group * length, head_dim))
+  keys_BxKxSxH, values_BxKxSxH = keys_BxSxKxH.transpose(0, 2, 1, 3), values_BxSxKxH.transpose(0, 2, 1, 3)
+  # As jax: 16-bit inputs multiply with fp32 accumulation (a preset, so the backward's dtypes agree).
+  precision = {jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+               jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32}.get(jnp.dtype(q_BxTxNxH.dtype))
+  scores_BxKxRxS = jnp.einsum("bkrh,bksh->bkrs", q_BxKxRxH, keys_BxKxSxH, precision=precision,
+                              preferred_element_type=jnp.float32) * jnp.float32(scale)
+  mask_Bx1xRxS = jnp.tile(mask_Bx1xTxS, (1, 1, group, 1))
+  large_negative = jnp.float32(-0.7 * jnp.finfo(jnp.float32).max)
+  probs_BxKxRxS = jax.nn.softmax(jnp.where(mask_Bx1xRxS, scores_BxKxRxS, large_negative), axis=-1)
+  out_BxKxRxH = jnp.einsum("bkrs,bksh->bkrh", probs_BxKxRxS.astype(values_BxKxSxH.dtype), values_BxKxSxH)
+  return (out_BxKxRxH.reshape(batch, num_kv_heads, group, length, head_dim).transpose(0, 3, 1, 2, 4)
+          .reshape(batch, length, num_heads, head_dim))
 
 
 def contiguous_rows_attention(cfg: ModelConfig, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
