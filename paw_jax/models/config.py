@@ -47,7 +47,7 @@ class ModelConfig:
   # Numerics and compilation: not part of the checkpoint.
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
-  remat: bool = False  # rematerialise each layer in the backward pass
+  remat: bool = False  # recompute each whole layer in the backward pass (else only its projections are kept)
   scan_layers: bool = True  # lax.scan over stacked layers: compile time independent of depth
   attention_impl: str = "auto"  # one of ATTENTION_IMPLS (`transformer.flash_attention_applies`)
 

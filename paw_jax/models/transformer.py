@@ -137,8 +137,12 @@ class Decoder(nnx.Module):
       def body(x_BxTxD, params):
         return decoder_layer(cfg, params, x_BxTxD, cos_BxTxH, sin_BxTxH, attend)
 
-      if cfg.remat:
-        body = jax.checkpoint(body, prevent_cse=not cfg.scan_layers)
+      # The backward keeps each layer's projections (matmuls without batch dims) and recomputes the rest; full remat
+      # keeps only the layer's input. Keeping every elementwise intermediate as well costs more than recomputing it:
+      # their copies into per-layer buffers, and the fresh pages those take, made the CPU forward+backward 1.2x
+      # slower (bench/RESULTS.md).
+      policy = None if cfg.remat else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+      body = jax.checkpoint(body, prevent_cse=not cfg.scan_layers, policy=policy)
       x_BxTxD, _ = _run_layers(body, x_BxTxD, stacked, cfg.num_layers, cfg.scan_layers)
     else:
       x_BxTxD, cache = _cached_layers(cfg, stacked, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxT, cache)
