@@ -17,6 +17,7 @@ import torch
 import transformers
 from flax import nnx
 
+from paw_jax.learner import token_logprobs
 from paw_jax.models import hf_io
 from paw_jax.models.transformer import KVCache, positions_from_mask
 from paw_jax.sampling import SamplingConfig, generate, stop_string_table
@@ -57,10 +58,9 @@ def jax_rows(model, batch, prompt_len, new_tokens, train_len):
 
   @jax.jit
   def fwd_bwd(params):
-    def loss(params):
-      logits, _ = nnx.merge(graphdef, params)(tokens, positions_from_mask(train_mask), train_mask)
-      logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-      return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
+    def loss(params):  # the train step's log-probs (torch's `labels=` loss: mean NLL of tokens 1..T-1)
+      logp_BxT, _ = token_logprobs(graphdef, params, tokens, train_mask)
+      return -jnp.mean(logp_BxT[:, 1:])
     return jax.grad(loss)(params)
 
   train_s = best_of(lambda: jax.block_until_ready(fwd_bwd(params)))
