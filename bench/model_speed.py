@@ -8,6 +8,7 @@ Not a test: record the rows in bench/RESULTS.md with the device named.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -104,7 +105,7 @@ def main() -> None:
   torch_speed = torch_rows(hf_model, *shape, cfg.vocab_size)
   print(f"{cfg.model_type} {cfg.num_params / 1e6:.0f}M params, fp32, device: {jax.devices()[0].device_kind}, "
         f"torch threads {torch.get_num_threads()}; batch {args.batch}, prompt {args.prompt_len}, "
-        f"new {args.new_tokens}, train length {args.train_len}")
+        f"new {args.new_tokens}, train length {args.train_len}; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   print(f"| {'tokens/s':<18} | {'JAX':>10} | {'torch':>10} | {'JAX/torch':>9} |")
   print(f"|{'-' * 20}|{'-' * 12}|{'-' * 12}|{'-' * 11}|")
   for name, j, t in zip(("prefill", "decode", "forward+backward"), jax_speed, torch_speed):
