@@ -73,7 +73,7 @@ class ModelSpec:
   compute_dtype: str = "float32"
   # The KL reference's weights: only read, so with bfloat16 compute "bfloat16" gives the same numbers in half the bytes.
   ref_dtype: str = "float32"
-  remat: bool = False
+  remat: bool = False  # the backward recomputes each whole layer (else it keeps the layer's projections)
   scan_layers: bool = True
   attention_impl: str = "auto"  # "auto": cuDNN flash attention on an NVIDIA GPU with 16-bit compute, else XLA
 
