@@ -182,6 +182,26 @@ def test_grouped_attention_equals_jax_dot_product_attention(dtype, atol, num_que
     np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=atol, rtol=0)
 
 
+@pytest.mark.parametrize("left", [False, True])
+def test_causal_attention_in_blocks_equals_the_whole_mask_at_real_tokens(left):
+  """200 slots are 4 query blocks, each against the keys up to its end: the same outputs and gradients at real
+  tokens as one block against all keys (padded rows of either side, a row of one token)."""
+  rng = np.random.RandomState(9)
+  mask = jnp.asarray(padded_rows([200, 130, 1], 200, left))
+  q = jnp.asarray(rng.randn(3, 200, 4, 8), jnp.float32)
+  k, v = (jnp.asarray(rng.randn(3, 200, 2, 8), jnp.float32) for _ in range(2))
+  attn_mask = transformer._attention_mask(mask, jnp.arange(200), jnp.arange(200))
+
+  def out_and_grads(attend):  # the loss reads real tokens only, as every caller's
+    loss = lambda q, k, v: jnp.sum(jnp.where(mask[:, :, None, None], jnp.sin(attend(q, k, v)), 0.0))  # noqa: E731
+    return jnp.where(mask[:, :, None, None], attend(q, k, v), 0.0), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  got = out_and_grads(lambda q, k, v: transformer.causal_attention(q, k, v, attn_mask, 0.3))
+  expected = out_and_grads(lambda q, k, v: transformer.grouped_attention(q, k, v, attn_mask, 0.3))
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):  # fp32 summation order
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-6, rtol=2e-6)
+
+
 @pytest.mark.parametrize("impl", ["auto", "xla"])
 def test_attention_impl_keeps_cpu_numbers_bit_identical(impl, tmp_path):
   """Off an NVIDIA GPU "auto" is the XLA path: logits and gradients bit for bit those of "xla", fp32 and bf16."""

@@ -132,7 +132,8 @@ class Decoder(nnx.Module):
       def attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
         if flash_attention_applies(cfg, q_BxTxNxH.dtype):
           return contiguous_rows_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxT), None
-        return attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, attn_mask_Bx1xTxT), None
+        scale = 1.0 / math.sqrt(cfg.head_dim)
+        return causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, attn_mask_Bx1xTxT, scale), None
 
       def body(x_BxTxD, params):
         return decoder_layer(cfg, params, x_BxTxD, cos_BxTxH, sin_BxTxH, attend)
@@ -209,6 +210,25 @@ def attention(cfg: ModelConfig, q_BxTxNxH: jax.Array, keys_BxSxKxH: jax.Array, v
     return jax.nn.dot_product_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask=mask_Bx1xTxS, scale=scale,
                                         implementation="cudnn")
   return grouped_attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, mask_Bx1xTxS, scale)
+
+
+def causal_attention(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, mask_Bx1xTxT: jax.Array,
+                     scale: float) -> jax.Array:
+  """Self-attention over T slots whose mask lets a query see no later slot: `grouped_attention` for blocks of
+  queries, each against the keys up to its own last slot, so the scores above the diagonal are never computed (at
+  most 8 blocks of at least 64 slots: 4 blocks skip 38% of the score FLOPs, 8 skip 44%; T <= 64 is one block).
+
+  A real token sees itself, and the keys a block leaves out are masked for it (weight exp(large negative) = 0), so
+  real tokens get `grouped_attention`'s numbers up to fp32 summation order. A query that sees no key at all (left
+  padding) weighs its block's keys uniformly rather than all T: nothing reads it."""
+  length = q_BxTxNxH.shape[1]
+  block = max(64, -(-length // 8))
+  out_blocks = []
+  for start in range(0, length, block):
+    stop = min(start + block, length)
+    out_blocks.append(grouped_attention(q_BxTxNxH[:, start:stop], k_BxTxKxH[:, :stop], v_BxTxKxH[:, :stop],
+                                        mask_Bx1xTxT[:, :, start:stop, :stop], scale))
+  return jnp.concatenate(out_blocks, axis=1)
 
 
 def grouped_attention(q_BxTxNxH: jax.Array, keys_BxSxKxH: jax.Array, values_BxSxKxH: jax.Array,
