@@ -87,7 +87,7 @@ def test_value_update_is_exact_over_micro_batches_and_fits_returns(setup):
                       critic_minibatch(tokenizer, critic, turns, micro))
     after_one_step.append(jax.tree.leaves(state.params))
   for a, b in zip(*after_one_step, strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=3e-6)  # fp32: rows of 8 and of 4 sum in another order
 
   adam = make_optimizer(OptimConfig(learning_rate=1e-2, weight_decay=0.0))
   critic = critic_from_policy(policy)  # as PPO starts it (zero head); the update donated the last one's buffers
