@@ -12,24 +12,14 @@ matmuls are left out (~5% of the FLOPs). Not a test: record the rows in bench/RE
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
+from model_speed import best_of  # bench/ is the script's directory, first on sys.path
 from paw_jax.models import hf_io
-
-
-def median_seconds(fn, repeats: int = 9) -> float:
-  fn()  # warm-up / compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
 
 
 def step_matmuls(cfg, rows: int) -> list[tuple[str, str, int, int, int, str, int]]:
@@ -77,8 +67,8 @@ def main() -> None:
     a, b = operands(m, k, n, layout)
     a_jax, b_jax = jnp.asarray(a), jnp.asarray(b)
     a_torch, b_torch = torch.from_numpy(a), torch.from_numpy(b)
-    xla_s = median_seconds(lambda: jax.block_until_ready(jax_fns[layout](a_jax, b_jax)))
-    torch_s = median_seconds(lambda: torch_fns[layout](a_torch, b_torch))
+    xla_s = best_of(lambda: jax.block_until_ready(jax_fns[layout](a_jax, b_jax)), repeats=9)
+    torch_s = best_of(lambda: torch_fns[layout](a_torch, b_torch), repeats=9)
     flop = 2.0 * m * k * n
     totals["flop"] += count * flop
     totals["xla"] += count * xla_s
