@@ -5,9 +5,10 @@
 `bench/model_speed.py`'s forward+backward is ~85% matmuls on the CPU. This times each of them in isolation, in the
 layouts the step uses: rows R = batch * (train_len - 1) flattened ([R, D] activations, `transformer.dense`), a
 projection D -> F run forward ([R, D] @ [D, F]), for the input gradient ([R, F] @ [D, F]^T) and for the weight
-gradient ([R, D]^T @ [R, F]); the tied LM head's weight is stored [V, D]. The last lines sum each library's time over
-the step's count of every matmul: the step's matmul time if each ran as fast as it does alone. Attention's batched
-matmuls are left out (~5% of the FLOPs). Not a test: record the rows in bench/RESULTS.md with the device named.
+gradient ([R, D]^T @ [R, F]); a tied LM head's weight is the [V, D] embedding. The last lines sum each library's
+time over the step's count of every matmul: the step's matmul time if each ran as fast as it does alone.
+Attention's batched matmuls are left out (~5% of the FLOPs). Not a test: record the rows in bench/RESULTS.md with
+the device named.
 """
 from __future__ import annotations
 
@@ -35,8 +36,11 @@ def step_matmuls(cfg, rows: int) -> list[tuple[str, str, int, int, int, str, int
     matmuls += [(name, "forward", rows, fan_in, fan_out, "NN", count),
                 (name, "input grad", rows, fan_out, fan_in, "NT", count),
                 (name, "weight grad", fan_in, rows, fan_out, "TN", count)]
-  return matmuls + [("LM head", "forward", rows, d, v, "NT", 1), ("LM head", "input grad", rows, v, d, "NN", 1),
-                    ("LM head", "weight grad", v, rows, d, "TN", 1)]
+  if cfg.tie_word_embeddings:  # the head is the [V, D] embedding
+    return matmuls + [("LM head", "forward", rows, d, v, "NT", 1), ("LM head", "input grad", rows, v, d, "NN", 1),
+                      ("LM head", "weight grad", v, rows, d, "TN", 1)]
+  return matmuls + [("LM head", "forward", rows, d, v, "NN", 1), ("LM head", "input grad", rows, v, d, "NT", 1),
+                    ("LM head", "weight grad", d, rows, v, "TN", 1)]
 
 
 def operands(m: int, k: int, n: int, layout: str) -> tuple[np.ndarray, np.ndarray]:
